@@ -1,0 +1,211 @@
+//! The bus process: listeners, the router task and their lifecycle.
+//!
+//! ```text
+//!  TCP accept ─┐                      ┌─ router (one task: topics, retained, replay,
+//!  in-process ─┴─> connection tasks ──┤   sessions, rooms, devices, commands)
+//!   (duplex)      reader ──(ROUTER_QUEUE)──┘        │ try-push, never awaits
+//!                 writer <──── Outbox (bounded, conflating) <─┘
+//! ```
+//!
+//! [`start`] binds and spawns everything and returns a [`BusHandle`]; [`serve`] runs
+//! until a shutdown future resolves, then says goodbye to every client.
+
+mod connection;
+mod devices;
+pub mod outbox;
+mod replay;
+pub mod router;
+mod subs;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, DuplexStream};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use connection::codec;
+use connection::{handle, ConnCtx};
+use router::{Router, ROUTER_QUEUE};
+
+use crate::config::Config;
+use crate::protocol::{frame, BusMsg, Epoch, ErrorCode};
+
+/// Bytes buffered in each direction of an in-process connection.
+const LOCAL_PIPE: usize = 256 * 1024;
+/// In-process connections waiting to be accepted.
+const LOCAL_BACKLOG: usize = 64;
+
+/// Opens in-process connections to a running bus, for adapters hosted inside it.
+/// They speak the same protocol over a `tokio::io::duplex` pipe, so an adapter runs
+/// unchanged in-process or as its own process over TCP.
+#[derive(Clone)]
+pub struct LocalConnector {
+    tx: mpsc::Sender<DuplexStream>,
+}
+
+impl LocalConnector {
+    /// Opens a connection; `None` when the bus has stopped.
+    pub async fn connect(&self) -> Option<DuplexStream> {
+        let (ours, theirs) = tokio::io::duplex(LOCAL_PIPE);
+        self.tx.send(theirs).await.ok()?;
+        Some(ours)
+    }
+}
+
+/// A running bus.
+pub struct BusHandle {
+    /// The bound TCP address (useful with port 0).
+    pub tcp: SocketAddr,
+    /// This run's epoch.
+    pub epoch: Epoch,
+    local: LocalConnector,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl BusHandle {
+    /// A connector for in-process clients.
+    pub fn local(&self) -> LocalConnector {
+        self.local.clone()
+    }
+
+    /// The token that stops the bus when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Stops the bus: clients get `bye {reason: "shutdown"}`; waits (bounded) for
+    /// every task to end.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close within 5 s");
+        }
+    }
+}
+
+/// Binds the listeners and starts the router; returns once everything is bound.
+///
+/// # Errors
+/// The bind error, naming the address.
+pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
+    let cfg = Arc::new(cfg);
+    let listener = TcpListener::bind(cfg.listen.tcp).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", cfg.listen.tcp),
+        )
+    })?;
+    let tcp = listener.local_addr()?;
+    let epoch = Epoch(fastrand::u64(1..u64::MAX));
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let (router_tx, router_rx) = mpsc::channel(ROUTER_QUEUE);
+    let router = Router::new(cfg.clone(), epoch);
+    let router_cancel = cancel.clone();
+    tracker.spawn(router.run(router_rx, router_cancel));
+
+    let (local_tx, local_rx) = mpsc::channel(LOCAL_BACKLOG);
+    let ctx = Arc::new(ConnCtx {
+        cfg: cfg.clone(),
+        router: router_tx,
+        next_conn: AtomicU64::new(1),
+    });
+    tracker.spawn(accept_loop(
+        listener,
+        local_rx,
+        ctx,
+        cancel.clone(),
+        tracker.clone(),
+    ));
+    tracing::info!(%tcp, epoch = epoch.0, "bus listening");
+    Ok(BusHandle {
+        tcp,
+        epoch,
+        local: LocalConnector { tx: local_tx },
+        cancel,
+        tracker,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    mut local: mpsc::Receiver<DuplexStream>,
+    ctx: Arc<ConnCtx>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(ctx.cfg.limits.max_connections));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((mut stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        tracker.spawn(async move {
+                            let f = frame(&BusMsg::Error { id: None, code: ErrorCode::Limit, message: "too many connections".into() });
+                            let _ = stream.write_all(&f).await;
+                        });
+                        continue;
+                    };
+                    let ctx = ctx.clone();
+                    tracker.spawn(async move {
+                        handle(stream, peer.to_string(), ctx).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: log, pause briefly so the
+                    // loop does not spin, and keep serving existing clients.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(pipe) = local.recv() => {
+                let ctx = ctx.clone();
+                tracker.spawn(handle(pipe, "in-process".into(), ctx));
+            }
+        }
+    }
+}
+
+/// Runs a bus until `shutdown` resolves. `on_ready` is called once everything is
+/// bound (the CLI prints the `{"ready": ...}` line there).
+///
+/// # Errors
+/// Bind errors.
+pub async fn serve(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+    on_ready: impl FnOnce(&BusHandle),
+) -> std::io::Result<()> {
+    let handle = start(cfg).await?;
+    on_ready(&handle);
+    shutdown.await;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// The `{"ready": {...}}` line printed once the bus is bound.
+pub fn ready_line(handle: &BusHandle) -> String {
+    serde_json::json!({
+        "ready": {
+            "tcp": handle.tcp.to_string(),
+            "epoch": handle.epoch.0,
+            "pid": std::process::id(),
+        }
+    })
+    .to_string()
+}

@@ -1,0 +1,934 @@
+//! The router: the one task that owns the topic table, retained state, the replay
+//! log, sessions, rooms and devices.
+//!
+//! Connections reach it through one bounded channel ([`ROUTER_QUEUE`]); it answers by
+//! pushing encoded frames into each connection's [`Outbox`] without ever awaiting a
+//! connection. Because one task applies every change in order, a subscriber's snapshot
+//! and its live stream meet with no gap and no duplicate: the snapshot is taken and
+//! queued between two publishes, and every later publish is queued after it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+
+use super::devices::{DeviceEntry, PendingCmd};
+use super::outbox::{Outbox, OutboxStats, Pushed};
+use super::replay::ReplayLog;
+use super::subs::SubTree;
+use crate::config::Config;
+use crate::model::Quality;
+use crate::protocol::{
+    encode_frame, frame, now_ms, BusMsg, ClientMsg, Epoch, ErrorCode, Member, Resume, Role, Seq,
+    SessionId, UpdateRef,
+};
+use crate::topic::{Filter, Topic};
+use crate::value::Value;
+
+/// Messages waiting for the router. Connections wait (per connection, never the
+/// router) when it is full, which pushes back on the fastest publishers first.
+pub const ROUTER_QUEUE: usize = 8192;
+/// Messages the router takes per wake-up, so one burst is handled in one pass.
+const BATCH: usize = 512;
+/// Answers remembered per session, so a request resent after a reconnect is answered
+/// again without running twice.
+const ANSWER_CACHE: usize = 256;
+
+/// Identifies one TCP (or in-process) connection, to ignore messages from a
+/// connection that a resume has replaced.
+pub type ConnId = u64;
+
+/// What the handshake passes to the router.
+pub struct Hello {
+    pub name: String,
+    pub role: Role,
+    pub resume: Option<Resume>,
+}
+
+/// Messages to the router.
+pub enum RouterMsg {
+    Connect {
+        hello: Hello,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        reply: oneshot::Sender<SessionId>,
+    },
+    Client {
+        session: SessionId,
+        conn: ConnId,
+        msg: ClientMsg,
+    },
+    Disconnected {
+        session: SessionId,
+        conn: ConnId,
+        reason: String,
+        clean: bool,
+    },
+    /// The connection's queue overflowed past conflation: send a fresh snapshot.
+    Resync { session: SessionId, conn: ConnId },
+}
+
+pub(super) struct Attached {
+    pub id: ConnId,
+    pub outbox: Arc<Outbox>,
+}
+
+pub(super) struct Session {
+    pub name: String,
+    pub role: Role,
+    pub conn: Option<Attached>,
+    pub filters: BTreeSet<Filter>,
+    pub rooms: BTreeSet<String>,
+    pub expires: Option<Instant>,
+    pub answers: VecDeque<(u64, Bytes)>,
+    pub inflight: HashSet<u64>,
+    pub pressed: HashSet<Arc<str>>,
+    pub devices: BTreeSet<String>,
+}
+
+struct Retained {
+    frame: Bytes,
+}
+
+/// Control-state fields of an update record.
+#[derive(Default)]
+pub(super) struct ControlFields<'a> {
+    pub quality: Option<Quality>,
+    pub position: Option<f64>,
+    pub display: Option<&'a str>,
+    pub target: Option<&'a Value>,
+    pub deadline: Option<u64>,
+}
+
+pub struct Router {
+    pub(super) cfg: Arc<Config>,
+    pub(super) epoch: Epoch,
+    seq: Seq,
+    retained: BTreeMap<Arc<str>, Retained>,
+    subs: SubTree,
+    pub(super) sessions: HashMap<SessionId, Session>,
+    next_session: u64,
+    replay: ReplayLog,
+    rooms: HashMap<String, BTreeSet<SessionId>>,
+    pub(super) devices: HashMap<String, DeviceEntry>,
+    pub(super) pending: HashMap<u64, PendingCmd>,
+    pub(super) deadlines: DelayQueue<u64>,
+    pub(super) next_cmd: u64,
+    buf: BytesMut,
+    scratch: Vec<SessionId>,
+    sys_last: HashMap<String, Value>,
+    totals: OutboxStats,
+    connections: usize,
+}
+
+impl Router {
+    pub fn new(cfg: Arc<Config>, epoch: Epoch) -> Router {
+        let replay = ReplayLog::new(cfg.limits.replay_entries, cfg.limits.replay_bytes);
+        Router {
+            cfg,
+            epoch,
+            seq: Seq(0),
+            retained: BTreeMap::new(),
+            subs: SubTree::default(),
+            sessions: HashMap::new(),
+            next_session: 1,
+            replay,
+            rooms: HashMap::new(),
+            devices: HashMap::new(),
+            pending: HashMap::new(),
+            deadlines: DelayQueue::new(),
+            next_cmd: 1,
+            buf: BytesMut::with_capacity(64 * 1024),
+            scratch: Vec::new(),
+            sys_last: HashMap::new(),
+            totals: OutboxStats::default(),
+            connections: 0,
+        }
+    }
+
+    /// Runs until `cancel` fires (then says goodbye to every client) or every sender
+    /// is gone.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<RouterMsg>, cancel: CancellationToken) {
+        use futures_util::StreamExt;
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.sys.interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                // Shutdown first, so a flood of messages cannot delay it.
+                biased;
+                _ = cancel.cancelled() => break,
+                n = rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for msg in batch.drain(..) {
+                        self.handle(msg);
+                    }
+                }
+                // Command deadlines; the branch is idle while none are pending.
+                Some(expired) = self.deadlines.next(), if !self.deadlines.is_empty() => {
+                    self.command_timeout(expired.into_inner());
+                }
+                // Housekeeping: expire sessions past their grace, refresh `$sys`.
+                _ = tick.tick() => {
+                    self.expire_sessions();
+                    self.publish_sys();
+                }
+            }
+        }
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let bye = frame(&BusMsg::Bye {
+            reason: "shutdown".into(),
+            message: "the bus is shutting down".into(),
+        });
+        for s in self.sessions.values_mut() {
+            if let Some(c) = s.conn.take() {
+                c.outbox.close(Some(bye.clone()));
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: RouterMsg) {
+        match msg {
+            RouterMsg::Connect {
+                hello,
+                conn,
+                outbox,
+                reply,
+            } => self.connect(hello, conn, outbox, reply),
+            RouterMsg::Client { session, conn, msg } => {
+                if self.is_current(session, conn) {
+                    self.client_msg(session, msg);
+                }
+            }
+            RouterMsg::Disconnected {
+                session,
+                conn,
+                reason,
+                clean,
+            } => {
+                if self.is_current(session, conn) {
+                    self.disconnected(session, &reason, clean);
+                }
+            }
+            RouterMsg::Resync { session, conn } => {
+                if self.is_current(session, conn) {
+                    let filters: Vec<Filter> =
+                        self.sessions[&session].filters.iter().cloned().collect();
+                    self.send_snapshot(session, 0, &filters, true);
+                }
+            }
+        }
+    }
+
+    fn is_current(&self, session: SessionId, conn: ConnId) -> bool {
+        self.sessions
+            .get(&session)
+            .and_then(|s| s.conn.as_ref())
+            .is_some_and(|c| c.id == conn)
+    }
+
+    // ----- sessions -------------------------------------------------------------
+
+    fn connect(
+        &mut self,
+        hello: Hello,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        reply: oneshot::Sender<SessionId>,
+    ) {
+        self.connections += 1;
+        let resumable = hello
+            .resume
+            .filter(|r| r.epoch == self.epoch && self.sessions.contains_key(&r.session));
+        let (sid, resumed) = match resumable {
+            Some(r) => {
+                let s = self.sessions.get_mut(&r.session).expect("checked above");
+                if let Some(old) = s.conn.take() {
+                    self.connections -= 1;
+                    old.outbox.close(Some(frame(&BusMsg::Bye {
+                        reason: "replaced".into(),
+                        message: "the session resumed on another connection".into(),
+                    })));
+                }
+                s.conn = Some(Attached { id: conn, outbox });
+                s.expires = None;
+                (r.session, Some(r.last_seq))
+            }
+            None => {
+                let sid = SessionId(self.next_session);
+                self.next_session += 1;
+                self.sessions.insert(
+                    sid,
+                    Session {
+                        name: hello.name,
+                        role: hello.role,
+                        conn: Some(Attached { id: conn, outbox }),
+                        filters: BTreeSet::new(),
+                        rooms: BTreeSet::new(),
+                        expires: None,
+                        answers: VecDeque::new(),
+                        inflight: HashSet::new(),
+                        pressed: HashSet::new(),
+                        devices: BTreeSet::new(),
+                    },
+                );
+                (sid, None)
+            }
+        };
+        let _ = reply.send(sid);
+        self.send(
+            sid,
+            frame(&BusMsg::Welcome {
+                v: crate::protocol::PROTOCOL_VERSION,
+                session: sid,
+                epoch: self.epoch,
+                seq: self.seq,
+                heartbeat_ms: self.cfg.session.heartbeat_ms,
+                resumed: resumed.is_some(),
+                max_frame: self.cfg.limits.max_frame_bytes as u64,
+            }),
+        );
+        if let Some(last_seq) = resumed {
+            self.resume(sid, last_seq);
+        }
+        self.publish_presence(sid);
+    }
+
+    /// Sends a resumed session what it missed: a replay if the log still reaches
+    /// back to `last_seq`, otherwise a fresh snapshot marked `resync`.
+    fn resume(&mut self, sid: SessionId, last_seq: Seq) {
+        let filters: Vec<Filter> = self.sessions[&sid].filters.iter().cloned().collect();
+        if !self.replay.covers(last_seq, self.seq) {
+            self.send_snapshot(sid, 0, &filters, true);
+            return;
+        }
+        let frames = self
+            .replay
+            .since(last_seq, |t| filters.iter().any(|f| f.matches(t)));
+        self.send_batch(sid, 0, frames, false);
+    }
+
+    fn disconnected(&mut self, sid: SessionId, reason: &str, clean: bool) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if let Some(c) = s.conn.take() {
+            self.connections -= 1;
+            c.outbox.close(None);
+        }
+        tracing::debug!(session = %sid, name = %s.name, reason, "disconnected");
+        let grace = Duration::from_millis(self.cfg.session.grace_ms);
+        s.expires = Some(Instant::now() + grace);
+        self.release_pressed(sid);
+        self.owner_gone(sid);
+        if clean || grace.is_zero() {
+            self.end_session(sid);
+        } else {
+            self.publish_presence(sid);
+        }
+    }
+
+    fn expire_sessions(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.expires.is_some_and(|e| e <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for sid in expired {
+            self.end_session(sid);
+        }
+    }
+
+    fn end_session(&mut self, sid: SessionId) {
+        let rooms: Vec<String> = match self.sessions.get(&sid) {
+            Some(s) => s.rooms.iter().cloned().collect(),
+            None => return,
+        };
+        for room in rooms {
+            self.leave_room(sid, &room);
+        }
+        let Some(s) = self.sessions.remove(&sid) else {
+            return;
+        };
+        if let Some(c) = &s.conn {
+            self.connections -= 1;
+            self.add_totals(c.outbox.stats());
+            c.outbox.close(None);
+        }
+        for f in &s.filters {
+            self.subs.remove(f, sid);
+        }
+        for p in self.pending.values_mut() {
+            if p.origin.is_some_and(|(o, _)| o == sid) {
+                p.origin = None;
+            }
+        }
+        for key in &s.devices {
+            if let Some(d) = self.devices.get_mut(key) {
+                if d.owner == Some(sid) {
+                    d.owner = None;
+                }
+            }
+        }
+        self.delete_retained(&format!("$clients/{sid}"));
+        self.delete_retained(&format!("$sys/queues/{sid}"));
+    }
+
+    fn add_totals(&mut self, s: OutboxStats) {
+        self.totals.dropped += s.dropped;
+        self.totals.conflated += s.conflated;
+        self.totals.gaps += s.gaps;
+        self.totals.resyncs += s.resyncs;
+    }
+
+    // ----- sending --------------------------------------------------------------
+
+    /// Queues an answer for a session; a client that stopped reading is dropped.
+    pub(super) fn send(&mut self, sid: SessionId, frame: Bytes) {
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        let Some(c) = &s.conn else {
+            return;
+        };
+        if c.outbox.push(frame).is_err() {
+            tracing::warn!(session = %sid, name = %s.name, "slow consumer: closing connection");
+            c.outbox.close(Some(crate::protocol::frame(&BusMsg::Bye {
+                reason: "slow_consumer".into(),
+                message: "answers left unread past twice the queue bound".into(),
+            })));
+            self.disconnected(sid, "slow_consumer", false);
+        }
+    }
+
+    /// Answers request `id` and remembers the answer for a resend.
+    pub(super) fn answer(&mut self, sid: SessionId, id: u64, frame: Bytes) {
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.inflight.remove(&id);
+            if s.answers.len() >= ANSWER_CACHE {
+                s.answers.pop_front();
+            }
+            s.answers.push_back((id, frame.clone()));
+        }
+        self.send(sid, frame);
+    }
+
+    pub(super) fn error(
+        &mut self,
+        sid: SessionId,
+        id: Option<u64>,
+        code: ErrorCode,
+        message: String,
+    ) {
+        let f = frame(&BusMsg::Error { id, code, message });
+        match id {
+            Some(id) => self.answer(sid, id, f),
+            None => self.send(sid, f),
+        }
+    }
+
+    fn ok(&mut self, sid: SessionId, id: u64, result: Value) {
+        self.send(sid, frame(&BusMsg::Ok { id, result }));
+    }
+
+    fn send_snapshot(&mut self, sid: SessionId, id: u64, filters: &[Filter], resync: bool) {
+        let frames = self.snapshot(filters);
+        self.send_batch(sid, id, frames, resync);
+    }
+
+    /// Queues `snapshot`, the frames and `synced` as one item, so nothing live can
+    /// come between them.
+    fn send_batch(&mut self, sid: SessionId, id: u64, frames: Vec<Bytes>, resync: bool) {
+        let Some(c) = self.sessions.get(&sid).and_then(|s| s.conn.as_ref()) else {
+            return;
+        };
+        let count = frames.len() as u64;
+        let mut batch = Vec::with_capacity(frames.len() + 2);
+        batch.push(frame(&BusMsg::Snapshot { id, count, resync }));
+        batch.extend(frames);
+        batch.push(frame(&BusMsg::Synced {
+            id,
+            seq: self.seq,
+            count,
+            resync,
+        }));
+        c.outbox.push_batch(batch);
+    }
+
+    /// Current retained frames matching any of `filters`, each topic once.
+    fn snapshot(&self, filters: &[Filter]) -> Vec<Bytes> {
+        let mut found: BTreeMap<&Arc<str>, &Bytes> = BTreeMap::new();
+        for f in filters {
+            if f.is_exact() {
+                if let Some((k, r)) = self.retained.get_key_value(f.as_str()) {
+                    found.insert(k, &r.frame);
+                }
+                continue;
+            }
+            let prefix = f.literal_prefix();
+            let range = self
+                .retained
+                .range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
+            for (k, r) in range.take_while(|(k, _)| k.starts_with(prefix)) {
+                if f.matches(k) {
+                    found.insert(k, &r.frame);
+                }
+            }
+        }
+        found.into_values().cloned().collect()
+    }
+
+    // ----- publishing -----------------------------------------------------------
+
+    /// Assigns the next sequence number, encodes the update once, stores it (retained
+    /// and in the replay log) and queues the same bytes for every matching session.
+    pub(super) fn publish(
+        &mut self,
+        topic: &Arc<str>,
+        value: &Value,
+        retain: bool,
+        ctl: ControlFields<'_>,
+    ) -> Seq {
+        self.seq.0 += 1;
+        let seq = self.seq;
+        let frame = encode_frame(
+            &mut self.buf,
+            &UpdateRef {
+                seq,
+                topic,
+                value,
+                time: now_ms(),
+                retain,
+                quality: ctl.quality,
+                position: ctl.position,
+                display: ctl.display,
+                target: ctl.target,
+                deadline: ctl.deadline,
+            },
+        );
+        if retain {
+            if value.is_nil() && ctl.quality.is_none() {
+                self.retained.remove(&**topic);
+            } else {
+                self.retained.insert(
+                    topic.clone(),
+                    Retained {
+                        frame: frame.clone(),
+                    },
+                );
+            }
+        }
+        self.replay.push(seq, topic.clone(), frame.clone());
+        let mut targets = std::mem::take(&mut self.scratch);
+        self.subs.matches(topic, &mut targets);
+        for sid in &targets {
+            if let Some(c) = self.sessions.get(sid).and_then(|s| s.conn.as_ref()) {
+                if c.outbox.push_update(topic, seq, &frame, retain) == Pushed::Conflated {
+                    tracing::trace!(session = %sid, %topic, "conflated");
+                }
+            }
+        }
+        self.scratch = targets;
+        seq
+    }
+
+    /// The bus's current sequence number.
+    pub(super) fn current_seq(&self) -> Seq {
+        self.seq
+    }
+
+    fn delete_retained(&mut self, topic: &str) {
+        if self.retained.contains_key(topic) {
+            let t: Arc<str> = topic.into();
+            self.publish(&t, &Value::Nil, true, ControlFields::default());
+        }
+    }
+
+    /// Publishes a bus-owned (`$`) topic if its value changed.
+    fn publish_sys_value(&mut self, topic: String, value: Value) {
+        if self.sys_last.get(&topic) == Some(&value) {
+            return;
+        }
+        let t: Arc<str> = topic.as_str().into();
+        self.publish(&t, &value, true, ControlFields::default());
+        if value.is_nil() {
+            self.sys_last.remove(&topic);
+        } else {
+            self.sys_last.insert(topic, value);
+        }
+    }
+
+    fn publish_presence(&mut self, sid: SessionId) {
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        let v = map(vec![
+            ("name", Value::from(s.name.as_str())),
+            ("role", Value::from(s.role.as_str())),
+            ("connected", Value::Boolean(s.conn.is_some())),
+            (
+                "rooms",
+                Value::Array(s.rooms.iter().map(|r| Value::from(r.as_str())).collect()),
+            ),
+        ]);
+        self.publish_sys_value(format!("$clients/{sid}"), v);
+    }
+
+    fn publish_sys(&mut self) {
+        let mut totals = self.totals;
+        let mut queues = Vec::new();
+        for (sid, s) in &self.sessions {
+            if let Some(c) = &s.conn {
+                let st = c.outbox.stats();
+                totals.dropped += st.dropped;
+                totals.conflated += st.conflated;
+                totals.gaps += st.gaps;
+                totals.resyncs += st.resyncs;
+                queues.push((*sid, st));
+            }
+        }
+        let l = &self.cfg.limits;
+        let (limit_frames, limit_bytes) = (l.outbox_frames as u64, l.outbox_bytes as u64);
+        for (sid, st) in queues {
+            let v = map(vec![
+                ("frames", Value::from(st.frames as u64)),
+                ("bytes", Value::from(st.bytes as u64)),
+                ("conflated_now", Value::from(st.conflated_now as u64)),
+                ("peak_frames", Value::from(st.peak_frames as u64)),
+                ("peak_bytes", Value::from(st.peak_bytes as u64)),
+                ("limit_frames", Value::from(limit_frames)),
+                ("limit_bytes", Value::from(limit_bytes)),
+                ("dropped", Value::from(st.dropped)),
+                ("conflated", Value::from(st.conflated)),
+                ("gaps", Value::from(st.gaps)),
+            ]);
+            self.publish_sys_value(format!("$sys/queues/{sid}"), v);
+        }
+        let counters = [
+            ("connections", self.connections as u64),
+            ("sessions", self.sessions.len() as u64),
+            ("topics", self.retained.len() as u64),
+            ("subscriptions", self.subs.filter_count() as u64),
+            ("devices", self.devices.len() as u64),
+            ("replay_entries", self.replay.entries() as u64),
+            ("replay_bytes", self.replay.bytes() as u64),
+            ("dropped", totals.dropped),
+            ("conflated", totals.conflated),
+            ("gaps", totals.gaps),
+            ("resyncs", totals.resyncs),
+            ("commands_pending", self.pending.len() as u64),
+        ];
+        for (name, v) in counters {
+            self.publish_sys_value(format!("$sys/{name}"), Value::from(v));
+        }
+    }
+
+    // ----- client messages ------------------------------------------------------
+
+    fn client_msg(&mut self, sid: SessionId, msg: ClientMsg) {
+        match msg {
+            ClientMsg::Sub { id, filters } => self.subscribe(sid, id, &filters),
+            ClientMsg::Unsub { id, filters } => {
+                for f in &filters {
+                    if let Ok(f) = Filter::new(f) {
+                        if let Some(s) = self.sessions.get_mut(&sid) {
+                            if s.filters.remove(&f) {
+                                self.subs.remove(&f, sid);
+                            }
+                        }
+                    }
+                }
+                self.ok(sid, id, Value::Nil);
+            }
+            ClientMsg::Get { id, topic } => self.get(sid, id, &topic),
+            ClientMsg::Pub {
+                topic,
+                value,
+                retain,
+                id,
+                quality,
+            } => self.client_publish(sid, id, &topic, value, retain, quality),
+            ClientMsg::Set {
+                id,
+                topic,
+                value,
+                timeout_ms,
+            } => self.command(
+                sid,
+                id,
+                &topic,
+                crate::protocol::CommandOp::Set,
+                value,
+                timeout_ms,
+            ),
+            ClientMsg::Call {
+                id,
+                topic,
+                args,
+                timeout_ms,
+            } => self.command(
+                sid,
+                id,
+                &topic,
+                crate::protocol::CommandOp::Call,
+                args,
+                timeout_ms,
+            ),
+            ClientMsg::Declare { id, device, online } => self.declare(sid, id, device, online),
+            ClientMsg::Status {
+                device,
+                online,
+                reason,
+            } => self.status(sid, &device, online, reason.as_deref()),
+            ClientMsg::Reply { id, result, error } => self.reply(sid, id, result, error),
+            ClientMsg::Join { id, room } => self.join(sid, id, room),
+            ClientMsg::Leave { id, room } => {
+                self.leave_room(sid, &room);
+                self.publish_presence(sid);
+                self.ok(sid, id, Value::Nil);
+            }
+            ClientMsg::Say { room, value } => self.say(sid, &room, value),
+            ClientMsg::Hello { .. } => {
+                self.error(sid, None, ErrorCode::Unexpected, "hello sent twice".into());
+            }
+            // Heartbeats and goodbyes are handled by the connection task.
+            ClientMsg::Ping { .. } | ClientMsg::Pong { .. } | ClientMsg::Bye { .. } => {}
+        }
+    }
+
+    fn subscribe(&mut self, sid: SessionId, id: u64, raw: &[String]) {
+        let mut filters = Vec::with_capacity(raw.len());
+        for f in raw {
+            match Filter::new(f) {
+                Ok(f) => filters.push(f),
+                Err(e) => {
+                    return self.error(
+                        sid,
+                        Some(id),
+                        ErrorCode::InvalidFilter,
+                        format!("{f:?}: {e}"),
+                    )
+                }
+            }
+        }
+        let max = self.cfg.limits.max_filters;
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let new = filters.iter().filter(|f| !s.filters.contains(*f)).count();
+        if s.filters.len() + new > max {
+            return self.error(
+                sid,
+                Some(id),
+                ErrorCode::Limit,
+                format!("a session may hold at most {max} filters"),
+            );
+        }
+        for f in &filters {
+            if s.filters.insert(f.clone()) {
+                self.subs.insert(f, sid);
+            }
+        }
+        self.send_snapshot(sid, id, &filters, false);
+    }
+
+    fn get(&mut self, sid: SessionId, id: u64, topic: &str) {
+        let record = self.retained.get(topic).and_then(|r| {
+            rmpv::decode::read_value(&mut &r.frame[crate::protocol::LEN_PREFIX..]).ok()
+        });
+        match record {
+            Some(v) => self.ok(sid, id, v),
+            None => match self.meter_value(topic) {
+                Some(v) => self.ok(sid, id, v),
+                None => self.error(
+                    sid,
+                    Some(id),
+                    ErrorCode::UnknownTopic,
+                    format!("{topic} has no retained value"),
+                ),
+            },
+        }
+    }
+
+    fn client_publish(
+        &mut self,
+        sid: SessionId,
+        id: Option<u64>,
+        raw: &str,
+        value: Value,
+        retain: bool,
+        quality: Option<Quality>,
+    ) {
+        let topic = match Topic::new(raw) {
+            Ok(t) => t,
+            Err(e) => return self.error(sid, id, ErrorCode::InvalidTopic, format!("{raw:?}: {e}")),
+        };
+        if topic.is_reserved() {
+            return self.error(
+                sid,
+                id,
+                ErrorCode::Forbidden,
+                format!("{topic}: `$` topics belong to the bus"),
+            );
+        }
+        let seq = match self.device_publish(sid, &topic, value.clone(), quality) {
+            Some(Ok(seq)) => seq,
+            Some(Err((code, message))) => return self.error(sid, id, code, message),
+            None => {
+                if retain
+                    && !value.is_nil()
+                    && !self.retained.contains_key(topic.as_str())
+                    && self.retained.len() >= self.cfg.limits.max_topics
+                {
+                    return self.error(
+                        sid,
+                        id,
+                        ErrorCode::Limit,
+                        format!(
+                            "the bus holds its maximum of {} topics",
+                            self.cfg.limits.max_topics
+                        ),
+                    );
+                }
+                self.publish(&topic.shared(), &value, retain, ControlFields::default())
+            }
+        };
+        if let Some(id) = id {
+            self.send(sid, frame(&BusMsg::Puback { id, seq }));
+        }
+    }
+
+    // ----- rooms ----------------------------------------------------------------
+
+    fn member(&self, sid: SessionId) -> Option<Member> {
+        self.sessions.get(&sid).map(|s| Member {
+            session: sid,
+            name: s.name.clone(),
+            role: s.role,
+        })
+    }
+
+    fn join(&mut self, sid: SessionId, id: u64, room: String) {
+        if let Err(e) = Topic::new(&room).and_then(|t| {
+            if t.as_str().contains('/') || t.is_reserved() {
+                Err(crate::topic::TopicError::WildcardInTopic)
+            } else {
+                Ok(t)
+            }
+        }) {
+            return self.error(
+                sid,
+                Some(id),
+                ErrorCode::InvalidTopic,
+                format!("room {room:?}: {e}"),
+            );
+        }
+        let Some(me) = self.member(sid) else {
+            return;
+        };
+        let members = self.rooms.entry(room.clone()).or_default();
+        let fresh = members.insert(sid);
+        let list: Vec<SessionId> = members.iter().copied().collect();
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.rooms.insert(room.clone());
+        }
+        if fresh {
+            let f = frame(&BusMsg::Presence {
+                room: room.clone(),
+                session: sid,
+                name: me.name,
+                role: me.role,
+                joined: true,
+            });
+            for m in list.iter().filter(|m| **m != sid) {
+                self.send(*m, f.clone());
+            }
+            self.publish_presence(sid);
+        }
+        let result = list
+            .iter()
+            .filter_map(|m| self.member(*m))
+            .filter_map(|m| rmpv::ext::to_value(m).ok())
+            .collect();
+        self.ok(sid, id, Value::Array(result));
+    }
+
+    fn leave_room(&mut self, sid: SessionId, room: &str) {
+        let Some(members) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if !members.remove(&sid) {
+            return;
+        }
+        let rest: Vec<SessionId> = members.iter().copied().collect();
+        if rest.is_empty() {
+            self.rooms.remove(room);
+        }
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.rooms.remove(room);
+        }
+        if let Some(me) = self.member(sid) {
+            let f = frame(&BusMsg::Presence {
+                room: room.into(),
+                session: sid,
+                name: me.name,
+                role: me.role,
+                joined: false,
+            });
+            for m in rest {
+                self.send(m, f.clone());
+            }
+        }
+    }
+
+    fn say(&mut self, sid: SessionId, room: &str, value: Value) {
+        let members: Vec<SessionId> = match self.rooms.get(room) {
+            Some(m) if m.contains(&sid) => m.iter().copied().filter(|m| *m != sid).collect(),
+            _ => {
+                return self.error(
+                    sid,
+                    None,
+                    ErrorCode::NotMember,
+                    format!("join {room:?} before saying something in it"),
+                );
+            }
+        };
+        let name = self
+            .sessions
+            .get(&sid)
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        let f = frame(&BusMsg::Said {
+            room: room.into(),
+            from: sid,
+            name,
+            value,
+        });
+        for m in members {
+            self.send(m, f.clone());
+        }
+    }
+}
+
+/// Builds a string-keyed MessagePack map.
+pub(super) fn map(entries: Vec<(&str, Value)>) -> Value {
+    Value::Map(
+        entries
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect(),
+    )
+}

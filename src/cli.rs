@@ -1,0 +1,382 @@
+//! The `avbus` command line: `serve`, `demo`, and the integrator's tools (`sub`,
+//! `get`, `set`, `call`, `pub`, `devices`).
+//!
+//! Exit codes: 0 success; 1 the bus answered with an error, or `get` found nothing;
+//! 2 usage errors and connection failures.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use futures_util::StreamExt;
+
+use crate::client::{Client, ClientOptions, SubEvent};
+use crate::config::Config;
+use crate::protocol::{Role, Update};
+use crate::value::{from_cli_arg, to_json, to_json_string, Value};
+
+/// avbus: a low-latency event bus for networked AV control.
+#[derive(Parser, Debug)]
+#[command(name = "avbus", version, about)]
+pub struct Cli {
+    /// Log level when RUST_LOG is unset (error, warn, info, debug, trace).
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The bus to talk to.
+#[derive(Args, Debug, Clone)]
+pub struct BusArg {
+    /// Bus address (host:port).
+    #[arg(long, env = "AVBUS_ADDR", default_value = "127.0.0.1:7420")]
+    pub bus: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the bus from a config file (embedded defaults without one).
+    Serve {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// TCP listen address, overriding the config (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Run the bus with simulated devices and print a tour.
+    Demo {
+        /// TCP listen address (default 127.0.0.1:7420, or a free port if taken).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Print updates of topics matching FILTER (snapshot first, then live).
+    Sub {
+        #[command(flatten)]
+        bus: BusArg,
+        /// One or more filters (`+` one level, `#` the rest).
+        #[arg(required = true)]
+        filters: Vec<String>,
+        /// Exit after this many updates.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Prefix each line with the sequence number.
+        #[arg(long)]
+        seq: bool,
+        /// Print the whole state record as JSON.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Print a topic's retained value as JSON (exit 1 if it has none).
+    Get {
+        #[command(flatten)]
+        bus: BusArg,
+        topic: String,
+        /// Print the whole state record as JSON.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Write a control's value (VALUE is JSON, or a bare word taken as a string).
+    Set {
+        #[command(flatten)]
+        bus: BusArg,
+        topic: String,
+        value: String,
+        /// Command deadline in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+    /// Fire a trigger, with optional JSON arguments.
+    Call {
+        #[command(flatten)]
+        bus: BusArg,
+        topic: String,
+        value: Option<String>,
+        /// Command deadline in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+    /// Publish a value (an event, or retained state with --retain).
+    Pub {
+        #[command(flatten)]
+        bus: BusArg,
+        topic: String,
+        value: String,
+        /// Keep it as the topic's state.
+        #[arg(long)]
+        retain: bool,
+    },
+    /// List devices: class, driver, online or offline.
+    Devices {
+        #[command(flatten)]
+        bus: BusArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The JSON form of a whole update record (`--full`).
+pub fn record_json(u: &Update) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    m.insert("seq".into(), u.seq.0.into());
+    m.insert("topic".into(), u.topic.clone().into());
+    m.insert("value".into(), to_json(&u.value));
+    m.insert("time".into(), u.time.into());
+    m.insert("retain".into(), u.retain.into());
+    if let Some(q) = u.quality {
+        m.insert("quality".into(), q.as_str().into());
+    }
+    if let Some(p) = u.position {
+        m.insert("position".into(), serde_json::json!(p));
+    }
+    if let Some(d) = &u.display {
+        m.insert("display".into(), d.clone().into());
+    }
+    if let Some(t) = &u.target {
+        m.insert("target".into(), to_json(t));
+    }
+    if let Some(d) = u.deadline {
+        m.insert("deadline".into(), d.into());
+    }
+    serde_json::Value::Object(m)
+}
+
+async fn connect(bus: &BusArg, name: &str) -> Result<Client, ExitCode> {
+    let opts = ClientOptions::tcp(&bus.bus, name)
+        .role(Role::Tool)
+        .reconnect(false);
+    Client::connect(opts).await.map_err(|e| {
+        eprintln!("avbus: {}: {e}", bus.bus);
+        ExitCode::from(2)
+    })
+}
+
+/// Runs a client command (everything but `serve` and `demo`).
+pub async fn run_tool(cmd: Command) -> ExitCode {
+    match tool(cmd).await {
+        Ok(code) | Err(code) => code,
+    }
+}
+
+async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
+    match cmd {
+        Command::Sub {
+            bus,
+            filters,
+            count,
+            seq,
+            full,
+        } => {
+            let client = connect(&bus, "avbus-sub").await?;
+            let refs: Vec<&str> = filters.iter().map(String::as_str).collect();
+            let mut sub = client.subscribe(&refs).await.map_err(|e| {
+                eprintln!("avbus: {e}");
+                ExitCode::from(1)
+            })?;
+            let mut seen = 0u64;
+            if count == Some(0) {
+                return Ok(ExitCode::SUCCESS);
+            }
+            while let Some(ev) = sub.next().await {
+                let SubEvent::Update(u) = ev else { continue };
+                if full {
+                    println!("{}", record_json(&u));
+                } else if seq {
+                    println!("{} {} {}", u.seq.0, u.topic, to_json_string(&u.value));
+                } else {
+                    println!("{} {}", u.topic, to_json_string(&u.value));
+                }
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+            }
+            client.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get { bus, topic, full } => {
+            let client = connect(&bus, "avbus-get").await?;
+            let got = client.get(&topic).await;
+            client.close().await;
+            match got {
+                Ok(Some(u)) => {
+                    if full {
+                        println!("{}", record_json(&u));
+                    } else {
+                        println!("{}", to_json_string(&u.value));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(None) => {
+                    eprintln!("{topic}: no retained value");
+                    Err(ExitCode::from(1))
+                }
+                Err(e) => {
+                    eprintln!("avbus: {e}");
+                    Err(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Set {
+            bus,
+            topic,
+            value,
+            timeout_ms,
+        } => {
+            let mut opts = ClientOptions::tcp(&bus.bus, "avbus-set")
+                .role(Role::Tool)
+                .reconnect(false);
+            opts.command_timeout = Duration::from_millis(timeout_ms);
+            let client = Client::connect(opts).await.map_err(|e| {
+                eprintln!("avbus: {}: {e}", bus.bus);
+                ExitCode::from(2)
+            })?;
+            let r = client.set(&topic, from_cli_arg(&value)).await;
+            client.close().await;
+            print_reply(r)
+        }
+        Command::Call {
+            bus,
+            topic,
+            value,
+            timeout_ms,
+        } => {
+            let mut opts = ClientOptions::tcp(&bus.bus, "avbus-call")
+                .role(Role::Tool)
+                .reconnect(false);
+            opts.command_timeout = Duration::from_millis(timeout_ms);
+            let client = Client::connect(opts).await.map_err(|e| {
+                eprintln!("avbus: {}: {e}", bus.bus);
+                ExitCode::from(2)
+            })?;
+            let args = value.as_deref().map_or(Value::Nil, from_cli_arg);
+            let r = client.call(&topic, args).await;
+            client.close().await;
+            print_reply(r)
+        }
+        Command::Pub {
+            bus,
+            topic,
+            value,
+            retain,
+        } => {
+            let client = connect(&bus, "avbus-pub").await?;
+            let r = client.publish(&topic, from_cli_arg(&value), retain).await;
+            client.close().await;
+            match r {
+                Ok(seq) => {
+                    println!("ok {}", seq.0);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Err(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Devices { bus, json } => {
+            let client = connect(&bus, "avbus-devices").await?;
+            let rows = devices(&client).await.map_err(|e| {
+                eprintln!("avbus: {e}");
+                ExitCode::from(1)
+            })?;
+            client.close().await;
+            if json {
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                println!("{:<32} {:<12} {:<12} STATE", "DEVICE", "CLASS", "DRIVER");
+                for r in rows {
+                    let s = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+                    let state = if r["online"].as_bool() == Some(true) {
+                        "online"
+                    } else {
+                        "offline"
+                    };
+                    println!(
+                        "{:<32} {:<12} {:<12} {state}",
+                        s("device"),
+                        s("class"),
+                        s("driver")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { .. } | Command::Demo { .. } => Ok(ExitCode::from(2)),
+    }
+}
+
+fn print_reply(
+    r: Result<crate::client::Reply, crate::client::CommandError>,
+) -> Result<ExitCode, ExitCode> {
+    match r {
+        Ok(reply) if reply.result.is_nil() => {
+            println!("ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(reply) => {
+            println!("ok {}", to_json_string(&reply.result));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{}: {}", e.code, e.message);
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+/// Reads every device descriptor and its `online` state (one JSON object each).
+async fn devices(client: &Client) -> Result<Vec<serde_json::Value>, crate::client::Error> {
+    let mut sub = client.subscribe(&["$devices/#", "+/+/online"]).await?;
+    let mut descs = std::collections::BTreeMap::new();
+    let mut online = std::collections::HashMap::new();
+    while let Some(ev) = sub.next().await {
+        match ev {
+            SubEvent::Update(u) => {
+                if let Some(key) = u.topic.strip_prefix("$devices/") {
+                    if !u.value.is_nil() {
+                        descs.insert(key.to_owned(), to_json(&u.value));
+                    }
+                } else if let Some(key) = u.topic.strip_suffix("/online") {
+                    online.insert(key.to_owned(), u.value == Value::Boolean(true));
+                }
+            }
+            SubEvent::Synced { .. } => break,
+            _ => {}
+        }
+    }
+    Ok(descs
+        .into_iter()
+        .map(|(key, d)| {
+            serde_json::json!({
+                "device": key,
+                "label": d["label"],
+                "class": d["class"],
+                "driver": d["driver"],
+                "online": online.get(&key).copied().unwrap_or(false),
+                "controls": d["controls"],
+            })
+        })
+        .collect())
+}
+
+/// Loads the configuration for `serve`, applying `--listen`.
+///
+/// # Errors
+/// The configuration error, naming file, line and key.
+pub fn serve_config(
+    config: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<Config, crate::config::ConfigError> {
+    let mut cfg = match config {
+        Some(path) => Config::load(&path)?,
+        None => Config::default(),
+    };
+    if let Some(l) = listen {
+        cfg.listen.tcp = l;
+    }
+    Ok(cfg)
+}

@@ -1,0 +1,688 @@
+//! The client's background task: owns the socket, (re)connects, resumes, routes
+//! frames to subscriptions and requests, and keeps the heartbeat.
+//!
+//! State it keeps so that a reconnect is invisible to the application: its session
+//! and the last sequence seen (for `resume`), the local subscriptions with their
+//! filters, requests not yet answered (resent with the same id, which the bus
+//! answers without running a command twice), joined rooms and declared devices.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+
+use super::{
+    Answer, Client, ClientOptions, ConnectionEvent, Endpoint, Error, IncomingCommand, Req,
+    RoomEvent, Shared, SubEvent,
+};
+use crate::model::DeviceDescriptor;
+use crate::protocol::{
+    decode_bus, encode_into, BusMsg, ClientMsg, Epoch, ErrorCode, Resume, Seq, SessionId,
+    WireError, PROTOCOL_VERSION,
+};
+use crate::topic::matches;
+
+/// Fire-and-forget messages kept while disconnected; the oldest are dropped beyond.
+const PARKED: usize = 1024;
+/// Requests taken from the queue per wake-up before writing them out together.
+const REQ_BATCH: usize = 128;
+/// Heartbeats the bus may miss before the client gives up on the connection.
+const HEARTBEAT_MISSES: u32 = 3;
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+type Reader = FramedRead<ReadHalf<Box<dyn Io>>, LengthDelimitedCodec>;
+type Writer = WriteHalf<Box<dyn Io>>;
+
+/// What the driver keeps to hand commands a [`Client`] (without keeping the
+/// connection alive itself: the request sender is weak).
+pub(crate) struct DriverHandle {
+    pub tx: mpsc::WeakSender<Req>,
+    pub events: broadcast::Sender<ConnectionEvent>,
+    pub shared: Arc<Shared>,
+    pub opts: Arc<ClientOptions>,
+}
+
+impl DriverHandle {
+    fn client(&self) -> Option<Client> {
+        Some(Client {
+            tx: self.tx.upgrade()?,
+            events: self.events.clone(),
+            shared: self.shared.clone(),
+            opts: self.opts.clone(),
+        })
+    }
+}
+
+struct LocalSub {
+    filters: Vec<String>,
+    tx: mpsc::Sender<SubEvent>,
+    /// Until the first `synced`, the caller of `subscribe` waits here.
+    reply: Option<oneshot::Sender<Answer>>,
+}
+
+struct PendingReq {
+    msg: ClientMsg,
+    reply: oneshot::Sender<Answer>,
+}
+
+enum Outcome {
+    /// Every handle is gone or `close` was called.
+    Stop,
+    /// The connection was lost; reconnect if configured.
+    Lost(String),
+}
+
+struct Conn {
+    reader: Reader,
+    writer: Writer,
+    heartbeat: Duration,
+    resumed: bool,
+}
+
+struct Driver {
+    opts: Arc<ClientOptions>,
+    rx: mpsc::Receiver<Req>,
+    events: broadcast::Sender<ConnectionEvent>,
+    shared: Arc<Shared>,
+    handle: DriverHandle,
+    subs: HashMap<u64, LocalSub>,
+    requests: HashMap<u64, PendingReq>,
+    declared: BTreeMap<String, (DeviceDescriptor, bool)>,
+    rooms: BTreeSet<String>,
+    commands: Option<mpsc::Sender<IncomingCommand>>,
+    room_tx: Option<mpsc::Sender<RoomEvent>>,
+    parked: VecDeque<ClientMsg>,
+    pings: VecDeque<(u64, Instant, oneshot::Sender<Duration>)>,
+    ping_n: u64,
+    session: Option<(SessionId, Epoch)>,
+    last_seq: Seq,
+    /// The snapshot batch being received: its subscription id (0: a resume) and
+    /// whether it is a resync.
+    snap: Option<u64>,
+    wbuf: BytesMut,
+    last_error: Option<String>,
+    /// Whether a connection was ever established (a later new session is a resync).
+    connected_before: bool,
+}
+
+pub(crate) async fn run(
+    opts: Arc<ClientOptions>,
+    rx: mpsc::Receiver<Req>,
+    events: broadcast::Sender<ConnectionEvent>,
+    shared: Arc<Shared>,
+    first: oneshot::Sender<Result<(), Error>>,
+    handle: DriverHandle,
+) {
+    let d = Driver {
+        opts,
+        rx,
+        events,
+        shared,
+        handle,
+        subs: HashMap::new(),
+        requests: HashMap::new(),
+        declared: BTreeMap::new(),
+        rooms: BTreeSet::new(),
+        commands: None,
+        room_tx: None,
+        parked: VecDeque::new(),
+        pings: VecDeque::new(),
+        ping_n: 0,
+        session: None,
+        last_seq: Seq(0),
+        snap: None,
+        wbuf: BytesMut::with_capacity(16 * 1024),
+        last_error: None,
+        connected_before: false,
+    };
+    d.main(first).await;
+}
+
+fn backoff(opts: &ClientOptions, attempt: u32) -> Duration {
+    let base = opts
+        .backoff_min
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let capped = base.min(opts.backoff_max);
+    // ±50 % jitter, so panels that lost the bus together do not return together.
+    capped.mul_f64(0.5 + fastrand::f64())
+}
+
+impl Driver {
+    fn emit(&self, ev: ConnectionEvent) {
+        let _ = self.events.send(ev);
+    }
+
+    async fn main(mut self, first: oneshot::Sender<Result<(), Error>>) {
+        let mut first = Some(first);
+        let mut attempt = 0u32;
+        loop {
+            match self.connect_once().await {
+                Ok(conn) => {
+                    attempt = 0;
+                    if let Some(f) = first.take() {
+                        let _ = f.send(Ok(()));
+                    }
+                    match self.run_conn(conn).await {
+                        Outcome::Stop => return,
+                        Outcome::Lost(reason) => {
+                            tracing::debug!(name = %self.opts.name, reason, "connection lost");
+                            self.emit(ConnectionEvent::Disconnected { reason });
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.emit(match &e {
+                        Error::ConnectTimeout => ConnectionEvent::ConnectTimeout,
+                        other => ConnectionEvent::ConnectError {
+                            error: other.to_string(),
+                        },
+                    });
+                    if let Some(f) = first.take() {
+                        let _ = f.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            if !self.opts.reconnect {
+                return;
+            }
+            attempt += 1;
+            let delay = backoff(&self.opts, attempt);
+            self.emit(ConnectionEvent::Reconnecting { attempt, delay });
+            if let Outcome::Stop = self.idle(delay).await {
+                return;
+            }
+        }
+    }
+
+    /// Waits out a backoff delay while keeping requests for the next connection.
+    async fn idle(&mut self, delay: Duration) -> Outcome {
+        let until = tokio::time::sleep(delay);
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                _ = &mut until => return Outcome::Lost(String::new()),
+                req = self.rx.recv() => match req {
+                    None => return Outcome::Stop,
+                    Some(Req::Close(done)) => {
+                        let _ = done.send(());
+                        return Outcome::Stop;
+                    }
+                    Some(r) => self.request(r, false),
+                },
+            }
+        }
+    }
+
+    async fn connect_once(&mut self) -> Result<Conn, Error> {
+        let opts = self.opts.clone();
+        match tokio::time::timeout(opts.connect_timeout, self.handshake(&opts)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::ConnectTimeout),
+        }
+    }
+
+    async fn handshake(&mut self, opts: &ClientOptions) -> Result<Conn, Error> {
+        let io: Box<dyn Io> = match &opts.endpoint {
+            Endpoint::Tcp(addr) => {
+                let s = tokio::net::TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(|e| Error::Connect(format!("{addr}: {e}")))?;
+                let _ = s.set_nodelay(true);
+                Box::new(s)
+            }
+            Endpoint::Local(c) => Box::new(
+                c.connect()
+                    .await
+                    .ok_or_else(|| Error::Connect("the in-process bus has stopped".into()))?,
+            ),
+        };
+        let (rd, mut writer) = tokio::io::split(io);
+        let mut reader = FramedRead::new(rd, crate::bus::codec(opts.max_frame));
+        let resume = self.session.map(|(session, epoch)| Resume {
+            session,
+            epoch,
+            last_seq: self.last_seq,
+        });
+        let mut buf = BytesMut::new();
+        encode_into(
+            &mut buf,
+            &ClientMsg::Hello {
+                v: PROTOCOL_VERSION,
+                name: opts.name.clone(),
+                role: opts.role,
+                credentials: opts.credentials.clone(),
+                resume,
+            },
+        );
+        writer
+            .write_all(&buf)
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        let body = match reader.next().await {
+            None => return Err(Error::Connect("closed during handshake".into())),
+            Some(Err(e)) => return Err(Error::Connect(e.to_string())),
+            Some(Ok(b)) => b,
+        };
+        match decode_bus(&body).map_err(|e| Error::Connect(e.to_string()))? {
+            BusMsg::Welcome {
+                session,
+                epoch,
+                seq,
+                heartbeat_ms,
+                resumed,
+                ..
+            } => {
+                self.shared.session.store(session.0, Ordering::Relaxed);
+                if !resumed {
+                    self.last_seq = seq;
+                }
+                self.session = Some((session, epoch));
+                Ok(Conn {
+                    reader,
+                    writer,
+                    heartbeat: Duration::from_millis(heartbeat_ms.max(1)),
+                    resumed,
+                })
+            }
+            BusMsg::Error { code, message, .. } => Err(Error::Refused { code, message }),
+            other => Err(Error::Connect(format!("expected welcome, got {other:?}"))),
+        }
+    }
+
+    fn write(&mut self, msg: &ClientMsg) {
+        encode_into(&mut self.wbuf, msg);
+    }
+
+    /// After a welcome: restore everything the application set up.
+    fn restore(&mut self, resumed: bool, first_session: bool) {
+        let session = self.session.map_or(SessionId(0), |(s, _)| s);
+        self.emit(ConnectionEvent::Connected { session, resumed });
+        let mut subs: Vec<(u64, Vec<String>)> = Vec::new();
+        for (id, s) in &self.subs {
+            if !resumed || s.reply.is_some() {
+                subs.push((*id, s.filters.clone()));
+                if !resumed && !first_session && s.reply.is_none() {
+                    let _ = s.tx.try_send(SubEvent::Resync);
+                }
+            }
+        }
+        if !resumed && !first_session {
+            self.emit(ConnectionEvent::Resynced);
+        }
+        for (id, filters) in subs {
+            self.write(&ClientMsg::Sub { id, filters });
+        }
+        if !resumed {
+            let rooms: Vec<String> = self.rooms.iter().cloned().collect();
+            for room in rooms {
+                let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+                self.write(&ClientMsg::Join { id, room });
+            }
+        }
+        // Devices go offline when the adapter's connection ends; declaring them again
+        // brings them back (marked stale until the adapter republishes values).
+        let declared: Vec<(DeviceDescriptor, bool)> = self.declared.values().cloned().collect();
+        for (device, online) in declared {
+            if !self.requests.values().any(|p| matches!(&p.msg, ClientMsg::Declare { device: d, .. } if d.key() == device.key())) {
+                let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+                self.write(&ClientMsg::Declare { id, device, online });
+            }
+        }
+        self.requests.retain(|_, p| !p.reply.is_closed());
+        let resend: Vec<ClientMsg> = self.requests.values().map(|p| p.msg.clone()).collect();
+        for msg in resend {
+            self.write(&msg);
+        }
+        while let Some(msg) = self.parked.pop_front() {
+            self.write(&msg);
+        }
+    }
+
+    async fn run_conn(&mut self, mut conn: Conn) -> Outcome {
+        let first_session = !self.connected_before;
+        self.connected_before = true;
+        self.restore(conn.resumed, first_session);
+        self.last_error = None;
+        let interval = conn.heartbeat;
+        let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_rx = Instant::now();
+        loop {
+            if !self.wbuf.is_empty() {
+                if let Err(e) = conn.writer.write_all(&self.wbuf).await {
+                    self.wbuf.clear();
+                    return Outcome::Lost(format!("write failed: {e}"));
+                }
+                self.wbuf.clear();
+            }
+            tokio::select! {
+                // Frames from the bus (every buffered frame before the next read).
+                next = conn.reader.next() => match next {
+                    None => {
+                        return Outcome::Lost(self.last_error.take().unwrap_or_else(|| "closed by the bus".into()));
+                    }
+                    Some(Err(e)) => return Outcome::Lost(format!("read failed: {e}")),
+                    Some(Ok(body)) => {
+                        last_rx = Instant::now();
+                        match decode_bus(&body) {
+                            Ok(msg) => self.frame(msg).await,
+                            Err(e) => return Outcome::Lost(format!("bad frame from the bus: {e}")),
+                        }
+                    }
+                },
+                // Requests from the application, several per wake-up.
+                req = self.rx.recv() => {
+                    let Some(req) = req else {
+                        self.write(&ClientMsg::Bye { reason: None });
+                        let _ = conn.writer.write_all(&self.wbuf).await;
+                        let _ = conn.writer.shutdown().await;
+                        return Outcome::Stop;
+                    };
+                    let mut next = Some(req);
+                    let mut n = 0;
+                    while let Some(r) = next.take() {
+                        if let Req::Close(done) = r {
+                            self.write(&ClientMsg::Bye { reason: None });
+                            let _ = conn.writer.write_all(&self.wbuf).await;
+                            let _ = conn.writer.shutdown().await;
+                            let _ = done.send(());
+                            return Outcome::Stop;
+                        }
+                        self.request(r, true);
+                        n += 1;
+                        if n < REQ_BATCH {
+                            next = self.rx.try_recv().ok();
+                        }
+                    }
+                }
+                // Heartbeat: ping the bus; give up after several silent intervals.
+                _ = tick.tick() => {
+                    if last_rx.elapsed() >= interval * HEARTBEAT_MISSES {
+                        return Outcome::Lost("heartbeat timeout".into());
+                    }
+                    self.ping_n += 1;
+                    let n = self.ping_n;
+                    self.write(&ClientMsg::Ping { n });
+                    self.requests.retain(|_, p| !p.reply.is_closed());
+                    self.pings.retain(|(_, _, tx)| !tx.is_closed());
+                }
+            }
+        }
+    }
+
+    /// Handles one request from a handle. `connected`: write it now; otherwise keep
+    /// it for the next connection.
+    fn request(&mut self, req: Req, connected: bool) {
+        let mut out: Option<ClientMsg> = None;
+        match req {
+            Req::Request { id, msg, reply } => {
+                out = Some(msg.clone());
+                self.requests.insert(id, PendingReq { msg, reply });
+            }
+            Req::Fire(msg) => {
+                if connected {
+                    out = Some(msg);
+                } else {
+                    if self.parked.len() >= PARKED {
+                        self.parked.pop_front();
+                        tracing::warn!("client disconnected: oldest unsent message dropped");
+                    }
+                    self.parked.push_back(msg);
+                }
+            }
+            Req::Sub {
+                id,
+                filters,
+                tx,
+                reply,
+            } => {
+                out = Some(ClientMsg::Sub {
+                    id,
+                    filters: filters.clone(),
+                });
+                self.subs.insert(
+                    id,
+                    LocalSub {
+                        filters,
+                        tx,
+                        reply: Some(reply),
+                    },
+                );
+            }
+            Req::Unsub { id } => {
+                if let Some(gone) = self.subs.remove(&id) {
+                    let still: BTreeSet<&String> =
+                        self.subs.values().flat_map(|s| s.filters.iter()).collect();
+                    let filters: Vec<String> = gone
+                        .filters
+                        .into_iter()
+                        .filter(|f| !still.contains(f))
+                        .collect();
+                    if !filters.is_empty() && connected {
+                        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+                        out = Some(ClientMsg::Unsub { id, filters });
+                    }
+                }
+            }
+            Req::Declare {
+                id,
+                device,
+                online,
+                reply,
+            } => {
+                self.declared.insert(device.key(), (device.clone(), online));
+                let msg = ClientMsg::Declare { id, device, online };
+                out = Some(msg.clone());
+                self.requests.insert(id, PendingReq { msg, reply });
+            }
+            Req::Status { device, online } => {
+                if let Some(d) = self.declared.get_mut(&device) {
+                    d.1 = online;
+                }
+                if connected {
+                    out = Some(ClientMsg::Status {
+                        device,
+                        online,
+                        reason: None,
+                    });
+                }
+            }
+            Req::Join { id, room, reply } => {
+                self.rooms.insert(room.clone());
+                let msg = ClientMsg::Join { id, room };
+                out = Some(msg.clone());
+                self.requests.insert(id, PendingReq { msg, reply });
+            }
+            Req::Leave { id, room, reply } => {
+                self.rooms.remove(&room);
+                let msg = ClientMsg::Leave { id, room };
+                out = Some(msg.clone());
+                self.requests.insert(id, PendingReq { msg, reply });
+            }
+            Req::Commands(tx) => self.commands = Some(tx),
+            Req::Rooms(tx) => self.room_tx = Some(tx),
+            Req::Ping(tx) => {
+                if connected {
+                    self.ping_n += 1;
+                    let n = self.ping_n;
+                    self.pings.push_back((n, Instant::now(), tx));
+                    out = Some(ClientMsg::Ping { n });
+                }
+            }
+            Req::Close(done) => {
+                let _ = done.send(());
+            }
+        }
+        if let (true, Some(msg)) = (connected, out) {
+            self.write(&msg);
+        }
+    }
+
+    async fn deliver(&mut self, ev: SubEvent, only: Option<u64>, topic: Option<&str>) {
+        let targets: Vec<mpsc::Sender<SubEvent>> = self
+            .subs
+            .iter()
+            .filter(|(id, _)| only.is_none_or(|o| o == **id))
+            .filter(|(_, s)| topic.is_none_or(|t| s.filters.iter().any(|f| matches(f, t))))
+            .map(|(_, s)| s.tx.clone())
+            .collect();
+        for tx in targets {
+            // Waits when the application is behind: the socket then fills and the
+            // bus applies its slow-consumer policy to this client.
+            let _ = tx.send(ev.clone()).await;
+        }
+    }
+
+    fn target(&self, id: u64) -> Option<u64> {
+        (id != 0).then_some(id)
+    }
+
+    async fn frame(&mut self, msg: BusMsg) {
+        match msg {
+            BusMsg::Update(u) => {
+                self.last_seq = self.last_seq.max(u.seq);
+                let only = self.snap.and_then(|id| self.target(id));
+                let topic = u.topic.clone();
+                self.deliver(SubEvent::Update(u), only, Some(&topic)).await;
+            }
+            BusMsg::Snapshot { id, resync, .. } => {
+                self.snap = Some(id);
+                if resync {
+                    self.emit(ConnectionEvent::Resynced);
+                    self.deliver(SubEvent::Resync, self.target(id), None).await;
+                }
+            }
+            BusMsg::Synced { id, seq, .. } => {
+                self.snap = None;
+                self.last_seq = self.last_seq.max(seq);
+                if let Some(reply) = self.subs.get_mut(&id).and_then(|s| s.reply.take()) {
+                    let _ = reply.send(Answer::Ok(rmpv::Value::Nil));
+                }
+                self.deliver(SubEvent::Synced { seq }, self.target(id), None)
+                    .await;
+            }
+            BusMsg::Gap {
+                dropped, conflated, ..
+            } => {
+                self.deliver(SubEvent::Gap { dropped, conflated }, None, None)
+                    .await;
+            }
+            BusMsg::Ok { id, result } => {
+                if let Some(p) = self.requests.remove(&id) {
+                    let _ = p.reply.send(Answer::Ok(result));
+                }
+            }
+            BusMsg::Puback { id, seq } => {
+                if let Some(p) = self.requests.remove(&id) {
+                    let _ = p.reply.send(Answer::Puback(seq));
+                }
+            }
+            BusMsg::Error {
+                id: Some(id),
+                code,
+                message,
+            } => {
+                if let Some(p) = self.requests.remove(&id) {
+                    let _ = p.reply.send(Answer::Err(code, message));
+                } else if let Some(s) = self.subs.remove(&id) {
+                    if let Some(reply) = s.reply {
+                        let _ = reply.send(Answer::Err(code, message));
+                    }
+                } else {
+                    tracing::warn!(id, %code, message, "error from the bus");
+                }
+            }
+            BusMsg::Error {
+                id: None,
+                code,
+                message,
+            } => {
+                tracing::warn!(%code, message, "error from the bus");
+                self.last_error = Some(format!("{code}: {message}"));
+            }
+            BusMsg::Cmd(command) => {
+                let id = command.id;
+                let refused = match (&self.commands, self.handle.client()) {
+                    (Some(tx), Some(client)) => {
+                        tx.try_send(IncomingCommand { command, client }).is_err()
+                    }
+                    _ => true,
+                };
+                if refused {
+                    self.write(&ClientMsg::Reply {
+                        id,
+                        result: rmpv::Value::Nil,
+                        error: Some(WireError {
+                            code: ErrorCode::Busy,
+                            message: "the adapter is not taking commands".into(),
+                        }),
+                    });
+                }
+            }
+            BusMsg::Presence {
+                room,
+                session,
+                name,
+                role,
+                joined,
+            } => {
+                let member = crate::protocol::Member {
+                    session,
+                    name,
+                    role,
+                };
+                let ev = if joined {
+                    RoomEvent::Joined { room, member }
+                } else {
+                    RoomEvent::Left { room, member }
+                };
+                self.room_event(ev);
+            }
+            BusMsg::Said {
+                room,
+                from,
+                name,
+                value,
+            } => {
+                self.room_event(RoomEvent::Said {
+                    room,
+                    from,
+                    name,
+                    value,
+                });
+            }
+            BusMsg::Ping { n } => self.write(&ClientMsg::Pong { n }),
+            BusMsg::Pong { n } => {
+                if let Some(i) = self.pings.iter().position(|(p, _, _)| *p == n) {
+                    if let Some((_, sent, tx)) = self.pings.remove(i) {
+                        let _ = tx.send(sent.elapsed());
+                    }
+                }
+            }
+            BusMsg::Bye { reason, message } => {
+                self.last_error = Some(format!("{reason}: {message}"));
+            }
+            BusMsg::Welcome { .. } => {
+                tracing::warn!("unexpected second welcome from the bus");
+            }
+        }
+    }
+
+    fn room_event(&self, ev: RoomEvent) {
+        if let Some(tx) = &self.room_tx {
+            if tx.try_send(ev).is_err() {
+                tracing::warn!("room event dropped: the application is not reading room events");
+            }
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Configuration: a TOML file (`avbus serve --config FILE`) over embedded defaults.
+//!
+//! Every key is documented in `docs/operations.md`. Unknown keys and wrong types fail
+//! at start, naming the file, line and key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: Listen,
+    pub limits: Limits,
+    pub session: SessionConfig,
+    pub commands: CommandConfig,
+    pub sys: SysConfig,
+    /// Devices hosted inside the bus (`[[device]]`); filled in by the devices issue.
+    #[serde(rename = "device")]
+    pub devices: Vec<toml::Table>,
+}
+
+/// Where the bus listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// TCP address for the native protocol. Default `127.0.0.1:7420`: loopback only;
+    /// opening it to the network is this one explicit line (`0.0.0.0:7420`).
+    pub tcp: SocketAddr,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            tcp: SocketAddr::from(([127, 0, 0, 1], 7420)),
+        }
+    }
+}
+
+/// Bounds on memory and work. Each is a hard bound with a documented policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest frame accepted or sent, in bytes.
+    pub max_frame_bytes: usize,
+    /// Frames queued for one connection before state updates are conflated and
+    /// events dropped.
+    pub outbox_frames: usize,
+    /// Bytes queued for one connection before the same policy applies.
+    pub outbox_bytes: usize,
+    /// Distinct topics one overflowing connection may hold conflated before the bus
+    /// gives up on conflation and sends it a fresh snapshot instead.
+    pub conflate_topics: usize,
+    /// Updates kept in the replay log for resume.
+    pub replay_entries: usize,
+    /// Bytes kept in the replay log for resume.
+    pub replay_bytes: usize,
+    /// Retained topics on the bus; a publish creating one more is refused (`limit`).
+    pub max_topics: usize,
+    /// Filters one session may hold.
+    pub max_filters: usize,
+    /// Connections at once; further ones are closed at accept.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: crate::protocol::DEFAULT_MAX_FRAME,
+            outbox_frames: 4096,
+            outbox_bytes: 8 << 20,
+            conflate_topics: 65536,
+            replay_entries: 100_000,
+            replay_bytes: 64 << 20,
+            max_topics: 1_000_000,
+            max_filters: 1024,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Sessions and liveness.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// How long a disconnected session (subscriptions, rooms, answers) is kept for
+    /// resume, in ms.
+    pub grace_ms: u64,
+    /// How long a new connection has to send `hello`, in ms.
+    pub handshake_ms: u64,
+    /// Heartbeat interval, in ms: the bus pings an idle connection this often.
+    pub heartbeat_ms: u64,
+    /// A connection silent for this many intervals is dropped.
+    pub heartbeat_misses: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            grace_ms: 30_000,
+            handshake_ms: 5_000,
+            heartbeat_ms: 5_000,
+            heartbeat_misses: 3,
+        }
+    }
+}
+
+/// Command routing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommandConfig {
+    /// Deadline when a command names none, in ms.
+    pub default_timeout_ms: u64,
+    /// Longest deadline a command may ask for, in ms.
+    pub max_timeout_ms: u64,
+    /// Commands in flight to one device before further ones get `busy`.
+    pub max_inflight_per_device: usize,
+}
+
+impl Default for CommandConfig {
+    fn default() -> Self {
+        CommandConfig {
+            default_timeout_ms: 5_000,
+            max_timeout_ms: 120_000,
+            max_inflight_per_device: 64,
+        }
+    }
+}
+
+/// The bus's own counters under `$sys/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysConfig {
+    /// How often `$sys/...` topics are refreshed (only those that changed), in ms.
+    pub interval_ms: u64,
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        SysConfig { interval_ms: 1_000 }
+    }
+}
+
+/// A configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and, for parse errors, the line and key.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses configuration text; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming `origin`, the line and the key.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        cfg.check().map_err(|message| ConfigError::Invalid {
+            path: origin.to_owned(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let l = &self.limits;
+        let nonzero = [
+            ("limits.max_frame_bytes", l.max_frame_bytes),
+            ("limits.outbox_frames", l.outbox_frames),
+            ("limits.outbox_bytes", l.outbox_bytes),
+            ("limits.replay_entries", l.replay_entries),
+            ("limits.max_topics", l.max_topics),
+            ("limits.max_filters", l.max_filters),
+            ("limits.max_connections", l.max_connections),
+            ("session.heartbeat_ms", self.session.heartbeat_ms as usize),
+            ("session.handshake_ms", self.session.handshake_ms as usize),
+            (
+                "session.heartbeat_misses",
+                self.session.heartbeat_misses as usize,
+            ),
+            (
+                "commands.default_timeout_ms",
+                self.commands.default_timeout_ms as usize,
+            ),
+            (
+                "commands.max_inflight_per_device",
+                self.commands.max_inflight_per_device,
+            ),
+            ("sys.interval_ms", self.sys.interval_ms as usize),
+        ];
+        for (key, v) in nonzero {
+            if v == 0 {
+                return Err(format!("{key} must be greater than 0"));
+            }
+        }
+        if l.max_frame_bytes > u32::MAX as usize {
+            return Err("limits.max_frame_bytes must fit in 32 bits".into());
+        }
+        if self.commands.default_timeout_ms > self.commands.max_timeout_ms {
+            return Err("commands.default_timeout_ms exceeds commands.max_timeout_ms".into());
+        }
+        Ok(())
+    }
+
+    /// Heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.session.heartbeat_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_loopback() {
+        let c = Config::parse("", "x.toml").unwrap();
+        assert_eq!(c.listen.tcp.to_string(), "127.0.0.1:7420");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = Config::parse("[limits]\nmax_frame_bytes = 10\nbogus = 1\n", "site.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("site.toml"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_value() {
+        let e = Config::parse("[session]\ngrace_ms = \"long\"\n", "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("grace_ms"), "{e}");
+        let e = Config::parse("[limits]\noutbox_frames = 0\n", "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.outbox_frames"), "{e}");
+    }
+}

@@ -1,0 +1,25 @@
+//! avbus: a low-latency event bus for networked audio/video control systems.
+//!
+//! Map of the crate:
+//! * [`topic`]: topic names and filters (validation, matching);
+//! * [`value`]: values (MessagePack) and their JSON mapping;
+//! * [`model`]: device descriptors, typed controls, command validation;
+//! * [`protocol`]: the wire messages and their framing;
+//! * [`config`]: the TOML configuration and its defaults;
+//! * [`bus`]: the bus process (listeners, router, connections, outboxes);
+//! * [`client`]: the Rust client library for panels, adapters and tools;
+//! * [`cli`]: the `avbus` command line;
+//! * [`devices`]: adapters and simulators (the `devices/` directory at the top level).
+//!
+//! `docs/architecture.md` explains the tasks, channels and their bounds.
+
+pub mod bus;
+pub mod cli;
+pub mod client;
+pub mod config;
+#[path = "../devices/mod.rs"]
+pub mod devices;
+pub mod model;
+pub mod protocol;
+pub mod topic;
+pub mod value;

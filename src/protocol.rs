@@ -1,0 +1,616 @@
+//! The wire protocol: every message a client and the bus exchange over TCP, their
+//! encoding, and the typed error codes. `docs/protocol.md` is the reference for other
+//! languages; this module is the reference for Rust.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of MessagePack:
+//! a map whose `"t"` key names the message. Frames longer than the bus's
+//! `max_frame_bytes` (1 MiB by default) are refused with `frame_too_large`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{DeviceDescriptor, Quality};
+use crate::value::Value;
+
+/// The protocol version this build speaks (`v` in `hello` and `welcome`).
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Default largest frame, in bytes (length prefix excluded).
+pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+/// Bytes of the length prefix.
+pub const LEN_PREFIX: usize = 4;
+
+/// A client session, kept by the bus across reconnects for the grace period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(pub u64);
+
+/// A position in the bus-wide sequence of updates.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
+#[serde(transparent)]
+pub struct Seq(pub u64);
+
+/// Identifies one run of the bus; new at every start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Epoch(pub u64);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What kind of client is connecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A control surface: subscribes to state and sends commands.
+    Panel,
+    /// Owns devices: declares them, publishes their state, answers commands.
+    Adapter,
+    /// A script or the CLI.
+    Tool,
+}
+
+impl Role {
+    /// Lowercase name, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Panel => "panel",
+            Role::Adapter => "adapter",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+/// Where a reconnecting client left off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    pub session: SessionId,
+    pub epoch: Epoch,
+    pub last_seq: Seq,
+}
+
+/// Every error the bus (or an adapter) can answer with. Stable wire strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    // Command answers.
+    /// The device's adapter is gone or reports it unreachable.
+    DeviceOffline,
+    /// The value breaks the control's type or limits; the message names the rule.
+    InvalidValue,
+    /// No such device or control (or the topic is not a valid name).
+    UnknownTopic,
+    /// The control is read-only, or takes the other command (`set` vs `call`).
+    NotWritable,
+    /// No answer from the device before the command's deadline.
+    Timeout,
+    /// Too many commands in flight for the device, or its adapter is not reading.
+    Busy,
+    /// Not allowed by the bus's access rules.
+    Forbidden,
+    /// Credentials refused at the handshake.
+    Unauthorized,
+    // Protocol errors.
+    /// Bytes that are not a MessagePack map with a known `t`.
+    BadFrame,
+    /// A frame longer than the bus's limit.
+    FrameTooLarge,
+    /// A known message with a missing or wrongly typed field.
+    BadMessage,
+    /// A `t` this bus does not know.
+    UnknownMessage,
+    /// A message not valid at this point (e.g. anything before `hello`).
+    Unexpected,
+    /// `hello.v` is not the bus's version.
+    VersionMismatch,
+    /// No `hello` within the handshake deadline.
+    HandshakeTimeout,
+    /// A topic name breaks the naming rules.
+    InvalidTopic,
+    /// A filter breaks the naming rules.
+    InvalidFilter,
+    /// A device descriptor is malformed; the message names the field.
+    InvalidDescriptor,
+    /// The device is declared by another connected adapter.
+    Conflict,
+    /// A configured limit was reached (topics, subscriptions).
+    Limit,
+    /// `say` to a room the client has not joined.
+    NotMember,
+    /// Client-side only, never sent: the client was closed before an answer came.
+    Closed,
+    /// A code this build does not know (from a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::DeviceOffline => "device_offline",
+            ErrorCode::InvalidValue => "invalid_value",
+            ErrorCode::UnknownTopic => "unknown_topic",
+            ErrorCode::NotWritable => "not_writable",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::UnknownMessage => "unknown_message",
+            ErrorCode::Unexpected => "unexpected",
+            ErrorCode::VersionMismatch => "version_mismatch",
+            ErrorCode::HandshakeTimeout => "handshake_timeout",
+            ErrorCode::InvalidTopic => "invalid_topic",
+            ErrorCode::InvalidFilter => "invalid_filter",
+            ErrorCode::InvalidDescriptor => "invalid_descriptor",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Limit => "limit",
+            ErrorCode::NotMember => "not_member",
+            ErrorCode::Closed => "closed",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error as carried in `reply` (adapter to bus).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireError {
+    pub code: ErrorCode,
+    #[serde(default)]
+    pub message: String,
+}
+
+fn nil() -> Value {
+    Value::Nil
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Messages a client sends to the bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// First frame of every connection.
+    Hello {
+        v: u32,
+        name: String,
+        role: Role,
+        #[serde(default = "nil")]
+        credentials: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Resume>,
+    },
+    /// Subscribe: the bus answers with `snapshot`, the retained updates, `synced`.
+    Sub { id: u64, filters: Vec<String> },
+    /// Unsubscribe; answered with `ok`.
+    Unsub { id: u64, filters: Vec<String> },
+    /// Read one retained topic; answered with `ok` (result: the update record) or
+    /// `error unknown_topic`.
+    Get { id: u64, topic: String },
+    /// Publish. With `id`, the bus answers `puback` (or `error`).
+    Pub {
+        topic: String,
+        value: Value,
+        #[serde(default)]
+        retain: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quality: Option<Quality>,
+    },
+    /// Command: write a control's value. Answered with `ok` or `error`.
+    Set {
+        id: u64,
+        topic: String,
+        value: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
+    /// Command: fire a trigger. Answered with `ok` or `error`.
+    Call {
+        id: u64,
+        topic: String,
+        #[serde(default = "nil")]
+        args: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
+    /// Adapter: declare (or re-declare) a device it serves.
+    Declare {
+        id: u64,
+        device: DeviceDescriptor,
+        #[serde(default = "yes")]
+        online: bool,
+    },
+    /// Adapter: the device became reachable or unreachable.
+    Status {
+        device: String,
+        online: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Adapter: the answer to a `cmd`.
+    Reply {
+        id: u64,
+        #[serde(default = "nil")]
+        result: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<WireError>,
+    },
+    /// Join a room; answered with `ok` whose result lists the members.
+    Join { id: u64, room: String },
+    /// Leave a room; answered with `ok`.
+    Leave { id: u64, room: String },
+    /// Broadcast a value to the other members of a joined room.
+    Say { room: String, value: Value },
+    /// Heartbeat request; answered with `pong` carrying the same `n`.
+    Ping { n: u64 },
+    /// Heartbeat answer.
+    Pong { n: u64 },
+    /// Clean goodbye: the session ends now (no resume).
+    Bye {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+/// The `t` values of [`ClientMsg`], to tell an unknown message from a malformed one.
+pub const CLIENT_MSG_TYPES: &[&str] = &[
+    "hello", "sub", "unsub", "get", "pub", "set", "call", "declare", "status", "reply", "join",
+    "leave", "say", "ping", "pong", "bye",
+];
+
+/// One update of a topic, as delivered to subscribers (`t: "update"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Update {
+    pub seq: Seq,
+    pub topic: String,
+    pub value: Value,
+    /// Milliseconds since the Unix epoch, when the bus accepted it.
+    pub time: u64,
+    /// Retained state (true) or event (false).
+    pub retain: bool,
+    /// Control topics only: the state's quality.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Quality>,
+    /// Number controls: 0..1 slider position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<f64>,
+    /// Control topics: the text to show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
+    /// While pending: the commanded value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Value>,
+    /// While pending: when the command times out (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<u64>,
+}
+
+/// The two kinds of command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandOp {
+    Set,
+    Call,
+}
+
+/// A command forwarded by the bus to the adapter owning the control (`t: "cmd"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// The bus's id for this command; answer with `reply {id}`.
+    pub id: u64,
+    pub op: CommandOp,
+    /// `room/device/control`.
+    pub topic: String,
+    /// The validated value (`set`) or the arguments (`call`).
+    pub value: Value,
+    /// Answer before this (ms since the Unix epoch); later answers are ignored.
+    pub deadline: u64,
+    /// The session that sent it (0: the bus itself, e.g. a momentary release).
+    pub from: SessionId,
+}
+
+/// A member of a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub session: SessionId,
+    pub name: String,
+    pub role: Role,
+}
+
+/// Messages the bus sends to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum BusMsg {
+    /// Answer to `hello`.
+    Welcome {
+        v: u32,
+        session: SessionId,
+        epoch: Epoch,
+        seq: Seq,
+        heartbeat_ms: u64,
+        resumed: bool,
+        max_frame: u64,
+    },
+    /// An error. With `id`, it answers that request. Without `id`, it concerns a
+    /// message that had none (`pub` without id, `say`, `status`) or the connection
+    /// itself (a protocol error: the bus closes the connection after sending it).
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        code: ErrorCode,
+        message: String,
+    },
+    Update(Update),
+    /// Start of a snapshot for subscription `id` (0: a resume); `count` updates follow.
+    Snapshot {
+        id: u64,
+        count: u64,
+        resync: bool,
+    },
+    /// End of a snapshot or a resume replay: live updates follow. Everything up to
+    /// `seq` matching the subscriptions has been delivered.
+    Synced {
+        id: u64,
+        seq: Seq,
+        count: u64,
+        resync: bool,
+    },
+    /// The outbound queue overflowed: `dropped` events were lost, `conflated` state
+    /// updates were merged (the newest values follow). With `resync`, a fresh
+    /// snapshot follows.
+    Gap {
+        dropped: u64,
+        conflated: u64,
+        resync: bool,
+    },
+    /// Success answer to a request (`set`, `call`, `get`, `join`, ...).
+    Ok {
+        id: u64,
+        #[serde(default = "nil")]
+        result: Value,
+    },
+    /// A publish with `id` was accepted with this sequence number.
+    Puback {
+        id: u64,
+        seq: Seq,
+    },
+    /// To adapters: a command for one of their devices.
+    Cmd(Command),
+    /// Someone joined or left a room the client is in.
+    Presence {
+        room: String,
+        session: SessionId,
+        name: String,
+        role: Role,
+        joined: bool,
+    },
+    /// A room broadcast.
+    Said {
+        room: String,
+        from: SessionId,
+        name: String,
+        value: Value,
+    },
+    Ping {
+        n: u64,
+    },
+    Pong {
+        n: u64,
+    },
+    /// The bus is closing the connection, and why.
+    Bye {
+        reason: String,
+        message: String,
+    },
+}
+
+/// A frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a MessagePack map with a \"t\" field: {0}")]
+    BadFrame(String),
+    #[error("unknown message type {0:?}")]
+    UnknownMessage(String),
+    #[error("bad {kind:?} message: {detail}")]
+    BadMessage { kind: String, detail: String },
+}
+
+impl DecodeError {
+    /// The wire error code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::BadFrame(_) => ErrorCode::BadFrame,
+            DecodeError::UnknownMessage(_) => ErrorCode::UnknownMessage,
+            DecodeError::BadMessage { .. } => ErrorCode::BadMessage,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Tag {
+    t: String,
+}
+
+/// Decodes one frame body (without its length prefix) from a client.
+///
+/// # Errors
+/// [`DecodeError`] telling garbage, an unknown `t` and a malformed known message apart.
+pub fn decode_client(body: &[u8]) -> Result<ClientMsg, DecodeError> {
+    match rmp_serde::from_slice::<ClientMsg>(body) {
+        Ok(m) => Ok(m),
+        Err(e) => Err(classify(body, e, CLIENT_MSG_TYPES)),
+    }
+}
+
+/// Decodes one frame body from the bus.
+///
+/// # Errors
+/// [`DecodeError`] as for [`decode_client`].
+pub fn decode_bus(body: &[u8]) -> Result<BusMsg, DecodeError> {
+    rmp_serde::from_slice::<BusMsg>(body).map_err(|e| classify(body, e, &[]))
+}
+
+fn classify(body: &[u8], e: rmp_serde::decode::Error, known: &[&str]) -> DecodeError {
+    match rmp_serde::from_slice::<Tag>(body) {
+        Err(_) => DecodeError::BadFrame(e.to_string()),
+        Ok(tag) if !known.is_empty() && !known.contains(&tag.t.as_str()) => {
+            DecodeError::UnknownMessage(tag.t)
+        }
+        Ok(tag) => DecodeError::BadMessage {
+            kind: tag.t,
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// Appends one frame (length prefix and MessagePack body) to `buf`.
+///
+/// The protocol types cannot fail to encode; a failure would be a bug, so it is
+/// logged and the frame is left out rather than taking the bus down.
+pub fn encode_into<T: Serialize + ?Sized>(buf: &mut BytesMut, msg: &T) {
+    let start = buf.len();
+    buf.put_u32(0);
+    let mut w = buf.writer();
+    if let Err(e) = rmp_serde::encode::write_named(&mut w, msg) {
+        tracing::error!(error = %e, "encoding a protocol message failed");
+        w.into_inner().truncate(start);
+        return;
+    }
+    let len = (buf.len() - start - LEN_PREFIX) as u32;
+    buf[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Encodes one frame into `buf` (which should be empty) and returns it as `Bytes`,
+/// leaving `buf` ready for reuse.
+pub fn encode_frame<T: Serialize + ?Sized>(buf: &mut BytesMut, msg: &T) -> Bytes {
+    buf.clear();
+    encode_into(buf, msg);
+    buf.split().freeze()
+}
+
+/// Encodes a frame with a fresh buffer (for cold paths).
+pub fn frame<T: Serialize + ?Sized>(msg: &T) -> Bytes {
+    let mut buf = BytesMut::with_capacity(64);
+    encode_into(&mut buf, msg);
+    buf.freeze()
+}
+
+/// The bus's encoding of an update, borrowing its parts so that the hot path encodes
+/// once without cloning the value (same wire form as [`BusMsg::Update`]).
+#[derive(Serialize)]
+#[serde(tag = "t", rename = "update")]
+pub struct UpdateRef<'a> {
+    pub seq: Seq,
+    pub topic: &'a str,
+    pub value: &'a Value,
+    pub time: u64,
+    pub retain: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Quality>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<u64>,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_bytes_are_documented() {
+        // The example in docs/protocol.md, byte for byte.
+        let msg = ClientMsg::Hello {
+            v: 1,
+            name: "py".into(),
+            role: Role::Panel,
+            credentials: Value::Nil,
+            resume: None,
+        };
+        let f = frame(&msg);
+        let hex: String = f.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "0000002c85a174a568656c6c6fa17601a46e616d65a27079a4726f6c65a570616e656cab63726564656e7469616c73c0"
+        );
+        assert_eq!(decode_client(&f[4..]).unwrap(), msg);
+    }
+
+    #[test]
+    fn update_ref_matches_update() {
+        let v = Value::from(3);
+        let r = UpdateRef {
+            seq: Seq(9),
+            topic: "a/b",
+            value: &v,
+            time: 5,
+            retain: true,
+            quality: Some(Quality::Pending),
+            position: Some(0.5),
+            display: Some("3"),
+            target: Some(&v),
+            deadline: Some(7),
+        };
+        let f = frame(&r);
+        match decode_bus(&f[4..]).unwrap() {
+            BusMsg::Update(u) => {
+                assert_eq!(u.seq, Seq(9));
+                assert_eq!(u.quality, Some(Quality::Pending));
+                assert_eq!(u.target, Some(v));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        assert!(matches!(
+            decode_client(&[0xc1]),
+            Err(DecodeError::BadFrame(_))
+        ));
+        let unknown = rmp_serde::to_vec_named(&Tag2 { t: "dance" }).unwrap();
+        assert!(matches!(
+            decode_client(&unknown),
+            Err(DecodeError::UnknownMessage(t)) if t == "dance"
+        ));
+        let bad = rmp_serde::to_vec_named(&Tag2 { t: "sub" }).unwrap();
+        assert!(matches!(
+            decode_client(&bad),
+            Err(DecodeError::BadMessage { .. })
+        ));
+    }
+
+    #[derive(Serialize)]
+    struct Tag2 {
+        t: &'static str,
+    }
+}

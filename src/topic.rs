@@ -1,0 +1,266 @@
+//! Topic names and subscription filters: validation and matching.
+//!
+//! A topic is a `/`-separated hierarchy such as `boardroom/projector/power`. The rules
+//! (documented in `docs/protocol.md`) are deliberately strict so that every client in
+//! every language agrees on what a name is:
+//!
+//! * 1 to [`MAX_TOPIC_LEN`] bytes, 1 to [`MAX_DEPTH`] levels, no empty level;
+//! * each level is 1 to [`MAX_LEVEL_LEN`] characters from `A-Z a-z 0-9 - _ . : @`;
+//! * the first level may begin with `$`: those names belong to the bus (`$sys/...`,
+//!   `$devices/...`, `$clients/...`) and clients cannot publish to them.
+//!
+//! A filter follows the same rules, except that a whole level may be `+` (exactly one
+//! level) and the last level may be `#` (this level and everything below, including
+//! none: `a/#` matches `a`). As in MQTT, a filter whose first level is a wildcard does
+//! not match names that begin with `$`.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Longest topic or filter, in bytes.
+pub const MAX_TOPIC_LEN: usize = 256;
+/// Most levels in a topic or filter.
+pub const MAX_DEPTH: usize = 8;
+/// Longest single level, in bytes.
+pub const MAX_LEVEL_LEN: usize = 64;
+
+/// Why a topic or filter was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("empty name")]
+    Empty,
+    #[error("longer than {MAX_TOPIC_LEN} bytes")]
+    TooLong,
+    #[error("more than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("empty level at position {0}")]
+    EmptyLevel(usize),
+    #[error("level {0} is longer than {MAX_LEVEL_LEN} bytes")]
+    LevelTooLong(usize),
+    #[error("character {1:?} not allowed in level {0} (allowed: A-Z a-z 0-9 - _ . : @)")]
+    BadChar(usize, char),
+    #[error("wildcard must be a whole level (level {0})")]
+    PartialWildcard(usize),
+    #[error("'#' must be the last level")]
+    HashNotLast,
+    #[error("wildcards are not allowed in a topic name")]
+    WildcardInTopic,
+}
+
+fn allowed(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@')
+}
+
+fn check(name: &str, filter: bool) -> Result<(), TopicError> {
+    if name.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if name.len() > MAX_TOPIC_LEN {
+        return Err(TopicError::TooLong);
+    }
+    let depth = name.split('/').count();
+    if depth > MAX_DEPTH {
+        return Err(TopicError::TooDeep);
+    }
+    for (i, level) in name.split('/').enumerate() {
+        if level.is_empty() {
+            return Err(TopicError::EmptyLevel(i));
+        }
+        if level.len() > MAX_LEVEL_LEN {
+            return Err(TopicError::LevelTooLong(i));
+        }
+        if level == "+" || level == "#" {
+            if !filter {
+                return Err(TopicError::WildcardInTopic);
+            }
+            if level == "#" && i + 1 != depth {
+                return Err(TopicError::HashNotLast);
+            }
+            continue;
+        }
+        for (j, c) in level.chars().enumerate() {
+            if c == '$' && i == 0 && j == 0 {
+                continue;
+            }
+            if c == '+' || c == '#' {
+                return Err(if filter {
+                    TopicError::PartialWildcard(i)
+                } else {
+                    TopicError::WildcardInTopic
+                });
+            }
+            if !allowed(c) {
+                return Err(TopicError::BadChar(i, c));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A validated topic name. Cheap to clone (shared string).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic(Arc<str>);
+
+impl Topic {
+    /// Validates `name` as a topic.
+    ///
+    /// # Errors
+    /// [`TopicError`] naming the rule that `name` breaks.
+    pub fn new(name: &str) -> Result<Topic, TopicError> {
+        check(name, false)?;
+        Ok(Topic(Arc::from(name)))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The shared string, for tables keyed by topic.
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
+
+    /// The levels of the name.
+    pub fn levels(&self) -> std::str::Split<'_, char> {
+        self.0.split('/')
+    }
+
+    /// Whether this name belongs to the bus (`$sys/...`, `$devices/...`).
+    pub fn is_reserved(&self) -> bool {
+        self.0.starts_with('$')
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Topic({})", &*self.0)
+    }
+}
+
+/// A validated subscription filter.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Filter(Arc<str>);
+
+impl Filter {
+    /// Validates `filter`.
+    ///
+    /// # Errors
+    /// [`TopicError`] naming the rule that `filter` breaks.
+    pub fn new(filter: &str) -> Result<Filter, TopicError> {
+        check(filter, true)?;
+        Ok(Filter(Arc::from(filter)))
+    }
+
+    /// The filter as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The levels of the filter.
+    pub fn levels(&self) -> std::str::Split<'_, char> {
+        self.0.split('/')
+    }
+
+    /// The literal part before the first wildcard, ending in `/` if there is a
+    /// wildcard after it; used to range-scan a sorted table of topics.
+    pub fn literal_prefix(&self) -> &str {
+        match self.0.find(['+', '#']) {
+            Some(i) => &self.0[..i],
+            None => &self.0,
+        }
+    }
+
+    /// Whether the filter has no wildcard (it names exactly one topic).
+    pub fn is_exact(&self) -> bool {
+        !self.0.contains(['+', '#'])
+    }
+
+    /// Whether `topic` matches this filter.
+    pub fn matches(&self, topic: &str) -> bool {
+        matches(&self.0, topic)
+    }
+}
+
+impl fmt::Display for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Filter({})", &*self.0)
+    }
+}
+
+/// Matches a topic name against a filter (both assumed valid).
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(fl), Some(tl)) if fl == tl => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_rules() {
+        assert!(Topic::new("boardroom/projector/power").is_ok());
+        assert!(Topic::new("$sys/connections").is_ok());
+        assert_eq!(Topic::new(""), Err(TopicError::Empty));
+        assert_eq!(Topic::new("a//b"), Err(TopicError::EmptyLevel(1)));
+        assert_eq!(Topic::new("a/b/"), Err(TopicError::EmptyLevel(2)));
+        assert_eq!(Topic::new("a/+"), Err(TopicError::WildcardInTopic));
+        assert_eq!(Topic::new("a/b c"), Err(TopicError::BadChar(1, ' ')));
+        assert_eq!(Topic::new("a/$b"), Err(TopicError::BadChar(1, '$')));
+        assert_eq!(Topic::new("a/b/c/d/e/f/g/h/i"), Err(TopicError::TooDeep));
+        assert_eq!(
+            Topic::new(&"a".repeat(65)),
+            Err(TopicError::LevelTooLong(0))
+        );
+    }
+
+    #[test]
+    fn filter_rules() {
+        assert!(Filter::new("#").is_ok());
+        assert!(Filter::new("+/projector/#").is_ok());
+        assert_eq!(Filter::new("a/#/b"), Err(TopicError::HashNotLast));
+        assert_eq!(Filter::new("a/b+"), Err(TopicError::PartialWildcard(1)));
+        assert_eq!(Filter::new("a/+/b").unwrap().literal_prefix(), "a/");
+        assert_eq!(Filter::new("a/b").unwrap().literal_prefix(), "a/b");
+    }
+
+    #[test]
+    fn matching() {
+        assert!(matches("a/+/c", "a/b/c"));
+        assert!(!matches("a/+/c", "a/b/d"));
+        assert!(matches("a/#", "a"));
+        assert!(matches("a/#", "a/b/c"));
+        assert!(!matches("a/+", "a"));
+        assert!(!matches("a/+", "a/b/c"));
+        assert!(matches("#", "a/b"));
+        assert!(!matches("#", "$sys/x"));
+        assert!(!matches("+/x", "$sys/x"));
+        assert!(matches("$sys/#", "$sys/x"));
+        assert!(!matches("a/b", "a/b/c"));
+    }
+}
