@@ -83,6 +83,7 @@ pub enum Command {
         #[command(flatten)]
         bus: BusArg,
         topic: String,
+        #[arg(allow_hyphen_values = true)]
         value: String,
         /// Command deadline in milliseconds.
         #[arg(long, default_value_t = 5000)]
@@ -93,6 +94,7 @@ pub enum Command {
         #[command(flatten)]
         bus: BusArg,
         topic: String,
+        #[arg(allow_hyphen_values = true)]
         value: Option<String>,
         /// Command deadline in milliseconds.
         #[arg(long, default_value_t = 5000)]
@@ -103,6 +105,7 @@ pub enum Command {
         #[command(flatten)]
         bus: BusArg,
         topic: String,
+        #[arg(allow_hyphen_values = true)]
         value: String,
         /// Keep it as the topic's state.
         #[arg(long)]
@@ -116,6 +119,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Prints a line on stdout; a closed pipe (`avbus sub ... | head`) ends the command
+/// quietly instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, $($arg)*).and_then(|_| out.flush()).is_err() {
+            return Err(ExitCode::SUCCESS);
+        }
+    }};
 }
 
 /// The JSON form of a whole update record (`--full`).
@@ -183,11 +198,11 @@ async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
             while let Some(ev) = sub.next().await {
                 let SubEvent::Update(u) = ev else { continue };
                 if full {
-                    println!("{}", record_json(&u));
+                    outln!("{}", record_json(&u));
                 } else if seq {
-                    println!("{} {} {}", u.seq.0, u.topic, to_json_string(&u.value));
+                    outln!("{} {} {}", u.seq.0, u.topic, to_json_string(&u.value));
                 } else {
-                    println!("{} {}", u.topic, to_json_string(&u.value));
+                    outln!("{} {}", u.topic, to_json_string(&u.value));
                 }
                 seen += 1;
                 if count.is_some_and(|c| seen >= c) {
@@ -204,9 +219,9 @@ async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
             match got {
                 Ok(Some(u)) => {
                     if full {
-                        println!("{}", record_json(&u));
+                        outln!("{}", record_json(&u));
                     } else {
-                        println!("{}", to_json_string(&u.value));
+                        outln!("{}", to_json_string(&u.value));
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -268,7 +283,7 @@ async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
             client.close().await;
             match r {
                 Ok(seq) => {
-                    println!("ok {}", seq.0);
+                    outln!("ok {}", seq.0);
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
@@ -285,9 +300,9 @@ async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
             })?;
             client.close().await;
             if json {
-                println!("{}", serde_json::Value::Array(rows));
+                outln!("{}", serde_json::Value::Array(rows));
             } else {
-                println!("{:<32} {:<12} {:<12} STATE", "DEVICE", "CLASS", "DRIVER");
+                outln!("{:<32} {:<12} {:<12} STATE", "DEVICE", "CLASS", "DRIVER");
                 for r in rows {
                     let s = |k: &str| r[k].as_str().unwrap_or("").to_owned();
                     let state = if r["online"].as_bool() == Some(true) {
@@ -295,7 +310,7 @@ async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
                     } else {
                         "offline"
                     };
-                    println!(
+                    outln!(
                         "{:<32} {:<12} {:<12} {state}",
                         s("device"),
                         s("class"),
@@ -314,11 +329,11 @@ fn print_reply(
 ) -> Result<ExitCode, ExitCode> {
     match r {
         Ok(reply) if reply.result.is_nil() => {
-            println!("ok");
+            outln!("ok");
             Ok(ExitCode::SUCCESS)
         }
         Ok(reply) => {
-            println!("ok {}", to_json_string(&reply.result));
+            outln!("ok {}", to_json_string(&reply.result));
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -128,6 +128,25 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Converts a serializable type to a value with named map keys (structs become
+/// maps, as on the wire), the form clients in other languages expect.
+pub fn to_value<T: serde::Serialize + ?Sized>(v: &T) -> Value {
+    rmp_serde::to_vec_named(v)
+        .ok()
+        .and_then(|b| rmpv::decode::read_value(&mut b.as_slice()).ok())
+        .unwrap_or(Value::Nil)
+}
+
+/// Converts a value back to a type (the inverse of [`to_value`]).
+///
+/// # Errors
+/// A message when the value does not have the type's shape.
+pub fn from_value<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, String> {
+    let mut buf = Vec::new();
+    rmpv::encode::write_value(&mut buf, v).map_err(|e| e.to_string())?;
+    rmp_serde::from_slice(&buf).map_err(|e| e.to_string())
+}
+
 /// The number in a value as f64, if it is one.
 pub fn as_number(value: &Value) -> Option<f64> {
     match value {

@@ -123,7 +123,8 @@ where
         session,
         conn,
     ));
-    let (reason, clean) = read_loop(&mut reader, &outbox, &ctx, session, conn, &mut writer).await;
+    let (reason, clean, writer_done) =
+        read_loop(&mut reader, &outbox, &ctx, session, conn, &mut writer).await;
     tracing::debug!(%peer, %session, %name, reason, "connection ended");
     let _ = ctx
         .router
@@ -137,7 +138,9 @@ where
     // The router closes the outbox on `Disconnected`; close it here too in case the
     // router is gone, then give the writer a moment to send a final frame.
     outbox.close(None);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    if !writer_done {
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    }
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(
@@ -147,7 +150,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     session: SessionId,
     conn: ConnId,
     writer: &mut tokio::task::JoinHandle<()>,
-) -> (String, bool) {
+) -> (String, bool, bool) {
     let max = ctx.cfg.limits.max_frame_bytes;
     let interval = ctx.cfg.heartbeat();
     let silent_limit = interval * ctx.cfg.session.heartbeat_misses;
@@ -161,11 +164,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
             // buffered before it reads the socket again.
             next = reader.next() => {
                 let body = match next {
-                    None => return ("closed by peer".into(), false),
+                    None => return ("closed by peer".into(), false, false),
                     Some(Err(e)) => {
                         let (code, message) = read_error(&e, max);
                         outbox.close(Some(error_frame(code, message.clone())));
-                        return (format!("{code}: {message}"), false);
+                        return (format!("{code}: {message}"), false, false);
                     }
                     Some(Ok(body)) => body,
                 };
@@ -175,15 +178,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         let _ = outbox.push(frame(&BusMsg::Pong { n }));
                     }
                     Ok(ClientMsg::Pong { .. }) => {}
-                    Ok(ClientMsg::Bye { .. }) => return ("goodbye".into(), true),
+                    Ok(ClientMsg::Bye { .. }) => return ("goodbye".into(), true, false),
                     Ok(msg) => {
                         if ctx.router.send(RouterMsg::Client { session, conn, msg }).await.is_err() {
-                            return ("bus stopping".into(), false);
+                            return ("bus stopping".into(), false, false);
                         }
                     }
                     Err(e) => {
                         outbox.close(Some(error_frame(e.code(), e.to_string())));
-                        return (format!("{}: {e}", e.code()), false);
+                        return (format!("{}: {e}", e.code()), false, false);
                     }
                 }
             }
@@ -195,7 +198,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         reason: "heartbeat_timeout".into(),
                         message: format!("nothing received for {} ms", idle.as_millis()),
                     })));
-                    return ("heartbeat_timeout".into(), false);
+                    return ("heartbeat_timeout".into(), false, false);
                 }
                 if idle >= interval {
                     ping += 1;
@@ -204,7 +207,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
             // The writer stopped: the socket failed, or the router closed the outbox
             // (replaced by a resume, slow consumer, shutdown).
-            _ = &mut *writer => return ("closed by the bus".into(), false),
+            _ = &mut *writer => return ("closed by the bus".into(), false, true),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio_util::time::delay_queue;
 
-use super::router::{map, ControlFields, Router};
+use super::router::{ControlFields, Router};
 use crate::model::{ControlKind, ControlSpec, DeviceDescriptor, Quality, ONLINE};
 use crate::protocol::{
     frame, now_ms, BusMsg, Command, CommandOp, ErrorCode, Seq, SessionId, WireError,
@@ -139,7 +139,7 @@ impl Router {
             .map(|c| c.name.clone())
             .collect();
         let owner = d.owner.map_or(0, |o| o.0);
-        let mut v = rmpv::ext::to_value(&published).unwrap_or(Value::Nil);
+        let mut v = crate::value::to_value(&published);
         if let Value::Map(m) = &mut v {
             m.push((Value::from("owner"), Value::from(owner)));
         }
@@ -313,7 +313,8 @@ impl Router {
         Some(Ok(self.current_seq()))
     }
 
-    /// The newest value of a meter control, as a record for `get`.
+    /// The record of a meter control with its newest value, for `get` (meter values
+    /// do not go through the sequence, so the retained record lags behind).
     pub(super) fn meter_value(&self, topic: &str) -> Option<Value> {
         let (key, control) = topic.rsplit_once('/')?;
         let d = self.devices.get(key)?;
@@ -322,11 +323,24 @@ impl Router {
             return None;
         }
         let st = d.controls.get(control)?;
-        Some(map(vec![
-            ("topic", Value::from(topic)),
-            ("value", st.value.clone()),
-            ("retain", Value::Boolean(false)),
-        ]))
+        let quality = if self.device_online(key) {
+            st.quality
+        } else {
+            Quality::Offline
+        };
+        let record = crate::protocol::UpdateRef {
+            seq: self.current_seq(),
+            topic,
+            value: &st.value,
+            time: now_ms(),
+            retain: true,
+            quality: Some(quality),
+            position: None,
+            display: None,
+            target: None,
+            deadline: None,
+        };
+        Some(crate::value::to_value(&record))
     }
 
     pub(super) fn command(

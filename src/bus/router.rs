@@ -746,20 +746,18 @@ impl Router {
     }
 
     fn get(&mut self, sid: SessionId, id: u64, topic: &str) {
-        let record = self.retained.get(topic).and_then(|r| {
+        let record = self.meter_value(topic).or_else(|| {
+            let r = self.retained.get(topic)?;
             rmpv::decode::read_value(&mut &r.frame[crate::protocol::LEN_PREFIX..]).ok()
         });
         match record {
             Some(v) => self.ok(sid, id, v),
-            None => match self.meter_value(topic) {
-                Some(v) => self.ok(sid, id, v),
-                None => self.error(
-                    sid,
-                    Some(id),
-                    ErrorCode::UnknownTopic,
-                    format!("{topic} has no retained value"),
-                ),
-            },
+            None => self.error(
+                sid,
+                Some(id),
+                ErrorCode::UnknownTopic,
+                format!("{topic} has no retained value"),
+            ),
         }
     }
 
@@ -861,7 +859,7 @@ impl Router {
         let result = list
             .iter()
             .filter_map(|m| self.member(*m))
-            .filter_map(|m| rmpv::ext::to_value(m).ok())
+            .map(|m| crate::value::to_value(&m))
             .collect();
         self.ok(sid, id, Value::Array(result));
     }

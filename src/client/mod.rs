@@ -471,9 +471,12 @@ impl Client {
             )
             .await?
         {
-            Answer::Ok(v) => rmpv::ext::from_value::<Update>(v)
+            Answer::Ok(v) => crate::value::from_value::<Update>(&v)
                 .map(Some)
-                .or_else(|_| Ok(None)),
+                .map_err(|e| Error::Bus {
+                    code: ErrorCode::BadMessage,
+                    message: e,
+                }),
             Answer::Err(ErrorCode::UnknownTopic, _) => Ok(None),
             Answer::Err(code, message) => Err(Error::Bus { code, message }),
             Answer::Puback(_) => Ok(None),
@@ -666,7 +669,10 @@ impl Client {
         })
         .await?;
         match self.wait(rx, self.opts.request_timeout).await? {
-            Answer::Ok(v) => Ok(rmpv::ext::from_value(v).unwrap_or_default()),
+            Answer::Ok(v) => crate::value::from_value(&v).map_err(|e| Error::Bus {
+                code: ErrorCode::BadMessage,
+                message: e,
+            }),
             Answer::Err(code, message) => Err(Error::Bus { code, message }),
             Answer::Puback(_) => Ok(Vec::new()),
         }
