@@ -1,0 +1,304 @@
+//! Shared pieces of the end-to-end tests: an in-process bus on port 0, a raw
+//! protocol client for byte-level tests, a cuttable TCP proxy, and a test adapter.
+//! Every wait is bounded by [`within`]; nothing sleeps.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use avbus::bus::{start, BusHandle};
+use avbus::client::{Client, ClientOptions, IncomingCommand, SubEvent, Subscription};
+use avbus::config::Config;
+use avbus::model::{Access, ControlKind, ControlSpec, DeviceDescriptor, EnumOption, Quality};
+use avbus::protocol::{frame, BusMsg, ClientMsg, Epoch, Resume, Role, Seq, SessionId, Update};
+use avbus::value::Value;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+/// The longest any single wait in a test may take before it fails.
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+/// Awaits `fut`, failing the test if it takes longer than [`LIMIT`].
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(LIMIT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// A test configuration: loopback, port 0.
+pub fn config() -> Config {
+    let mut cfg = Config::default();
+    cfg.listen.tcp = SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg
+}
+
+pub async fn bus(cfg: Config) -> BusHandle {
+    start(cfg).await.expect("bus starts")
+}
+
+pub fn opts(addr: &str, name: &str, role: Role) -> ClientOptions {
+    let mut o = ClientOptions::tcp(addr, name).role(role);
+    o.backoff_min = Duration::from_millis(20);
+    o.backoff_max = Duration::from_millis(200);
+    o
+}
+
+pub async fn client(bus: &BusHandle, name: &str, role: Role) -> Client {
+    Client::connect(opts(&bus.tcp.to_string(), name, role)).await.expect("client connects")
+}
+
+/// Next subscription event, failing on timeout or end.
+pub async fn next(sub: &mut Subscription) -> SubEvent {
+    within("a subscription event", sub.next()).await.expect("subscription open")
+}
+
+/// Next update, skipping markers.
+pub async fn next_update(sub: &mut Subscription) -> Update {
+    loop {
+        if let SubEvent::Update(u) = next(sub).await {
+            return u;
+        }
+    }
+}
+
+/// Reads updates until one satisfies `pred`.
+pub async fn until(sub: &mut Subscription, mut pred: impl FnMut(&Update) -> bool) -> Update {
+    loop {
+        let u = next_update(sub).await;
+        if pred(&u) {
+            return u;
+        }
+    }
+}
+
+/// Collects the snapshot (until `Synced`).
+pub async fn snapshot(sub: &mut Subscription) -> Vec<Update> {
+    let mut out = Vec::new();
+    loop {
+        match next(sub).await {
+            SubEvent::Update(u) => out.push(u),
+            SubEvent::Synced { .. } => return out,
+            other => panic!("unexpected {other:?} in snapshot"),
+        }
+    }
+}
+
+// ----- raw protocol client ------------------------------------------------------
+
+/// A client that speaks the protocol frame by frame, for byte-level tests.
+pub struct Raw {
+    pub io: Framed<TcpStream, LengthDelimitedCodec>,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        let s = TcpStream::connect(addr).await.expect("connect");
+        Raw {
+            io: Framed::new(s, avbus::bus::codec(16 << 20)),
+        }
+    }
+
+    pub async fn send(&mut self, msg: &ClientMsg) {
+        let f = frame(msg);
+        self.io.send(f.slice(4..)).await.expect("send");
+    }
+
+    /// Sends bytes as they are (no framing added).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.io.get_mut().write_all(bytes).await.expect("send raw");
+    }
+
+    /// The next message, or `None` when the bus closed the connection.
+    pub async fn recv(&mut self) -> Option<BusMsg> {
+        match within("a frame from the bus", self.io.next()).await {
+            None => None,
+            Some(Err(_)) => None,
+            Some(Ok(b)) => Some(avbus::protocol::decode_bus(&b).expect("bus frames decode")),
+        }
+    }
+
+    /// Reads until `pred` matches (failing on close).
+    pub async fn recv_until(&mut self, mut pred: impl FnMut(&BusMsg) -> bool) -> BusMsg {
+        loop {
+            let m = self.recv().await.expect("connection open");
+            if pred(&m) {
+                return m;
+            }
+        }
+    }
+
+    /// Reads until the bus closes the connection; returns what came before.
+    pub async fn until_closed(&mut self) -> Vec<BusMsg> {
+        let mut out = Vec::new();
+        while let Some(m) = self.recv().await {
+            out.push(m);
+        }
+        out
+    }
+
+    pub async fn hello(&mut self, name: &str, resume: Option<Resume>) -> (SessionId, Epoch, Seq, bool) {
+        self.send(&ClientMsg::Hello {
+            v: avbus::protocol::PROTOCOL_VERSION,
+            name: name.into(),
+            role: Role::Panel,
+            credentials: Value::Nil,
+            resume,
+        })
+        .await;
+        match self.recv().await {
+            Some(BusMsg::Welcome {
+                session,
+                epoch,
+                seq,
+                resumed,
+                ..
+            }) => (session, epoch, seq, resumed),
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+}
+
+// ----- cuttable proxy -------------------------------------------------------------
+
+/// A TCP proxy in front of the bus whose connections the test can cut, and which
+/// can refuse new ones, to simulate a dropped Wi-Fi link.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    cut: Arc<Notify>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let down = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(Notify::new());
+        let (d, c) = (down.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = c.notified() => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, down, cut }
+    }
+
+    /// Drops every current connection.
+    pub fn cut(&self) {
+        self.cut.notify_waiters();
+    }
+
+    /// Refuses (accepts and drops) new connections while `down`.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+}
+
+// ----- a test adapter ---------------------------------------------------------------
+
+/// The test device `lab/dev`: every kind of control.
+pub fn lab_device() -> DeviceDescriptor {
+    let opt = |id: &str| EnumOption {
+        id: id.into(),
+        label: id.to_uppercase(),
+    };
+    DeviceDescriptor {
+        room: "lab".into(),
+        name: "dev".into(),
+        label: "Lab device".into(),
+        class: "virtual".into(),
+        driver: "test".into(),
+        controls: vec![
+            ControlSpec::new("power", ControlKind::Bool),
+            ControlSpec::new(
+                "level",
+                ControlKind::Int {
+                    min: 0,
+                    max: 100,
+                    step: None,
+                    unit: "%".into(),
+                },
+            ),
+            ControlSpec::new(
+                "mode",
+                ControlKind::Enum {
+                    options: vec![opt("auto"), opt("manual")],
+                },
+            ),
+            ControlSpec::new("name", ControlKind::String { max_len: 8 }),
+            ControlSpec::new(
+                "hours",
+                ControlKind::Int {
+                    min: 0,
+                    max: 1_000_000,
+                    step: None,
+                    unit: "h".into(),
+                },
+            )
+            .access(Access::Read),
+            ControlSpec::new("go", ControlKind::Trigger),
+            ControlSpec::new("move", ControlKind::Momentary),
+            // The adapter never answers commands for this one.
+            ControlSpec::new("slow", ControlKind::Bool),
+        ],
+    }
+}
+
+/// Runs an adapter for `lab/dev` that applies every `set` (publishing the value,
+/// then answering ok), answers `go` with its arguments, ignores `slow`, and reports
+/// every command it received on the returned channel.
+pub async fn lab_adapter(bus: &BusHandle) -> (Client, mpsc::UnboundedReceiver<avbus::protocol::Command>) {
+    let adapter = client(bus, "lab-adapter", Role::Adapter).await;
+    let mut commands = adapter.commands().await;
+    adapter.declare(lab_device(), true).await.expect("declare");
+    adapter
+        .publish_state("lab/dev/hours", Value::from(42), Quality::Ok)
+        .await
+        .expect("publish");
+    let (seen_tx, seen_rx) = mpsc::unbounded_channel();
+    let a = adapter.clone();
+    tokio::spawn(async move {
+        while let Some(cmd) = commands.recv().await {
+            let _ = seen_tx.send(cmd.command.clone());
+            answer(&a, cmd).await;
+        }
+    });
+    (adapter, seen_rx)
+}
+
+async fn answer(a: &Client, cmd: IncomingCommand) {
+    let c = cmd.command.clone();
+    match c.topic.as_str() {
+        "lab/dev/slow" => {}
+        "lab/dev/go" => cmd.ok(c.value.clone()).await,
+        topic => {
+            let _ = a.publish_state(topic, c.value.clone(), Quality::Ok).await;
+            cmd.ok(Value::Nil).await;
+        }
+    }
+}
+
+/// Frame bytes helper for raw tests.
+pub fn body(msg: &ClientMsg) -> Bytes {
+    frame(msg).slice(4..)
+}

@@ -1,0 +1,241 @@
+//! Snapshot-then-live, resume after a cut socket (replay and resync), over real TCP.
+
+mod common;
+
+use std::collections::HashMap;
+
+use avbus::client::{Client, ConnectionEvent, SubEvent};
+use avbus::protocol::Role;
+use avbus::value::Value;
+use common::*;
+
+const TOPICS: u64 = 50;
+
+/// Publishes `n` updates round-robin over `prefix/t0..t{TOPICS}` with values
+/// `start..start+n`, fire-and-forget, then one acknowledged publish so that the
+/// caller knows the bus has taken them all (same connection, same order).
+async fn publish_run(p: &Client, prefix: &str, start: u64, n: u64) {
+    for i in start..start + n {
+        let topic = format!("{prefix}/t{}", i % TOPICS);
+        p.publish_nowait(&topic, Value::from(i), true).await.expect("publish");
+    }
+    p.publish(&format!("{prefix}/done"), Value::from(start + n), true)
+        .await
+        .expect("final publish acknowledged");
+}
+
+/// Checks that per topic the values seen are exactly consecutive (step TOPICS):
+/// no gap and no duplicate.
+fn check_consecutive(seen: &HashMap<String, Vec<u64>>) {
+    for (topic, values) in seen {
+        for w in values.windows(2) {
+            assert_eq!(w[1], w[0] + TOPICS, "{topic}: gap or duplicate in {w:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_then_live_without_gap_or_duplicate_under_load() {
+    // Queues large enough that the slow-consumer policy never engages here: this test
+    // is about the seam between snapshot and live stream (a debug-build reader may
+    // fall behind a full-speed publisher; `slow.rs` covers that policy).
+    let mut cfg = config();
+    cfg.limits.outbox_frames = 1 << 20;
+    cfg.limits.outbox_bytes = 1 << 30;
+    let bus = bus(cfg).await;
+    let publisher = client(&bus, "publisher", Role::Tool).await;
+    // Seed every topic, so the snapshot holds all of them.
+    publish_run(&publisher, "load", 0, TOPICS).await;
+    let total: u64 = 30_000;
+    let p = publisher.clone();
+    let load = tokio::spawn(async move { publish_run(&p, "load", TOPICS, total).await });
+
+    // Subscribe while the publisher is busy.
+    let panel = client(&bus, "panel", Role::Panel).await;
+    let mut sub = panel.subscribe(&["load/#"]).await.expect("subscribe");
+    let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
+    let snap = snapshot(&mut sub).await;
+    assert!(snap.len() as u64 >= TOPICS, "snapshot holds every retained topic");
+    let mut last_seq = 0;
+    for u in &snap {
+        if u.topic != "load/done" {
+            seen.entry(u.topic.clone()).or_default().push(u.value.as_u64().unwrap());
+        }
+    }
+    // Live: until the final marker arrives.
+    let end = TOPICS + total;
+    loop {
+        let u = match next(&mut sub).await {
+            SubEvent::Update(u) => u,
+            other => panic!("unexpected {other:?} in the live stream"),
+        };
+        assert!(u.seq.0 > last_seq, "live sequence increases");
+        last_seq = u.seq.0;
+        if u.topic == "load/done" {
+            if u.value.as_u64() == Some(end) {
+                break;
+            }
+            continue;
+        }
+        seen.entry(u.topic.clone()).or_default().push(u.value.as_u64().unwrap());
+    }
+    within("the publisher", load).await.unwrap();
+    check_consecutive(&seen);
+    for (topic, values) in &seen {
+        let last = *values.last().unwrap();
+        assert!(last >= end - TOPICS, "{topic} ends at its final value, got {last}");
+    }
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_replays_exactly_what_was_missed() {
+    let mut cfg = config();
+    cfg.limits.outbox_frames = 1 << 20;
+    cfg.limits.outbox_bytes = 1 << 30;
+    let bus = bus(cfg).await;
+    let proxy = Proxy::start(bus.tcp).await;
+    let publisher = client(&bus, "publisher", Role::Tool).await;
+    publish_run(&publisher, "r", 0, TOPICS).await;
+
+    let panel = avbus::client::Client::connect(opts(&proxy.addr.to_string(), "panel", Role::Panel))
+        .await
+        .unwrap();
+    let mut events = panel.events();
+    let mut sub = panel.subscribe(&["r/#"]).await.unwrap();
+    let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
+    for u in snapshot(&mut sub).await {
+        if u.topic != "r/done" {
+            seen.entry(u.topic.clone()).or_default().push(u.value.as_u64().unwrap());
+        }
+    }
+    let session = panel.session();
+
+    // Cut the link mid-stream, keep it down while the publisher goes on.
+    let p = publisher.clone();
+    let load = tokio::spawn(async move { publish_run(&p, "r", TOPICS, 5_000).await });
+    proxy.set_down(true);
+    proxy.cut();
+    within("the disconnect event", async {
+        loop {
+            if let Ok(ConnectionEvent::Disconnected { .. }) = events.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    within("the publisher", load).await.unwrap();
+    proxy.set_down(false);
+
+    let end = TOPICS + 5_000;
+    let mut markers = Vec::new();
+    loop {
+        match next(&mut sub).await {
+            SubEvent::Update(u) if u.topic == "r/done" => {
+                if u.value.as_u64() == Some(end) {
+                    break;
+                }
+            }
+            SubEvent::Update(u) => seen.entry(u.topic.clone()).or_default().push(u.value.as_u64().unwrap()),
+            other => markers.push(other),
+        }
+    }
+    assert_eq!(panel.session(), session, "the session was resumed");
+    assert!(
+        !markers.iter().any(|m| matches!(m, SubEvent::Resync | SubEvent::Gap { .. })),
+        "a covered gap is replayed, not resynced: {markers:?}"
+    );
+    check_consecutive(&seen);
+    for values in seen.values() {
+        assert!(*values.last().unwrap() >= end - TOPICS);
+    }
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_beyond_the_log_resyncs_to_the_true_state() {
+    let mut cfg = config();
+    cfg.limits.replay_entries = 100;
+    let bus = bus(cfg).await;
+    let proxy = Proxy::start(bus.tcp).await;
+    let publisher = client(&bus, "publisher", Role::Tool).await;
+    publish_run(&publisher, "s", 0, TOPICS).await;
+    publisher.publish("s/gone", Value::from("bye"), true).await.unwrap();
+
+    let panel = Client::connect(opts(&proxy.addr.to_string(), "panel", Role::Panel)).await.unwrap();
+    let mut events = panel.events();
+    let mut sub = panel.subscribe(&["s/#"]).await.unwrap();
+    let mut state: HashMap<String, Value> = HashMap::new();
+    for u in snapshot(&mut sub).await {
+        state.insert(u.topic, u.value);
+    }
+    assert!(state.contains_key("s/gone"));
+
+    proxy.set_down(true);
+    proxy.cut();
+    within("the disconnect event", async {
+        loop {
+            if let Ok(ConnectionEvent::Disconnected { .. }) = events.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    // Far more than the log holds, and one topic deleted.
+    publish_run(&publisher, "s", TOPICS, 2_000).await;
+    publisher.publish("s/gone", Value::Nil, true).await.unwrap();
+    let end = TOPICS + 2_000;
+    publisher.publish("s/done", Value::from(end + 1), true).await.unwrap();
+    proxy.set_down(false);
+
+    // Apply everything until the snapshot that follows the resync is complete.
+    let mut resynced = false;
+    loop {
+        match next(&mut sub).await {
+            SubEvent::Resync => {
+                resynced = true;
+                state.clear();
+            }
+            SubEvent::Update(u) => {
+                if u.value.is_nil() {
+                    state.remove(&u.topic);
+                } else {
+                    state.insert(u.topic, u.value);
+                }
+            }
+            SubEvent::Synced { .. } if resynced => break,
+            _ => {}
+        }
+    }
+    assert_eq!(state.get("s/done"), Some(&Value::from(end + 1)));
+    assert!(resynced, "the panel was told it is resynced");
+    assert!(!state.contains_key("s/gone"), "a topic deleted while away is gone");
+    for i in 0..TOPICS {
+        let want = (TOPICS..end).filter(|v| v % TOPICS == i).max().unwrap();
+        assert_eq!(state.get(&format!("s/t{i}")), Some(&Value::from(want)));
+    }
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_not_retained_and_wildcards_skip_dollar_topics() {
+    let bus = bus(config()).await;
+    let tool = client(&bus, "tool", Role::Tool).await;
+    tool.publish("ev/button", Value::from("pressed"), false).await.unwrap();
+    let panel = client(&bus, "panel", Role::Panel).await;
+    let mut sub = panel.subscribe(&["#"]).await.unwrap();
+    let snap = snapshot(&mut sub).await;
+    assert!(snap.iter().all(|u| !u.topic.starts_with('$')), "# never matches $ topics");
+    assert!(snap.iter().all(|u| u.topic != "ev/button"), "events are not retained");
+    tool.publish("ev/button", Value::from("released"), false).await.unwrap();
+    let u = until(&mut sub, |u| u.topic == "ev/button").await;
+    assert!(!u.retain);
+    assert_eq!(u.value, Value::from("released"));
+    assert_eq!(panel.get("ev/button").await.unwrap(), None);
+    // `$` topics are the bus's: a client may not publish them.
+    let err = tool.publish("$sys/fake", Value::from(1), true).await.unwrap_err();
+    assert_eq!(err.code(), Some(avbus::protocol::ErrorCode::Forbidden));
+    let err = tool.publish("bad topic", Value::from(1), true).await.unwrap_err();
+    assert_eq!(err.code(), Some(avbus::protocol::ErrorCode::InvalidTopic));
+    bus.shutdown().await;
+}
