@@ -264,10 +264,26 @@ pub fn lab_device() -> DeviceDescriptor {
     }
 }
 
+/// What the test adapter saw: every command, and the unanswered `slow` ones.
+pub struct Seen {
+    pub commands: mpsc::UnboundedReceiver<avbus::protocol::Command>,
+    pub held: mpsc::UnboundedReceiver<IncomingCommand>,
+}
+
+impl Seen {
+    pub async fn recv(&mut self) -> Option<avbus::protocol::Command> {
+        self.commands.recv().await
+    }
+
+    pub fn try_recv(&mut self) -> Result<avbus::protocol::Command, mpsc::error::TryRecvError> {
+        self.commands.try_recv()
+    }
+}
+
 /// Runs an adapter for `lab/dev` that applies every `set` (publishing the value,
-/// then answering ok), answers `go` with its arguments, ignores `slow`, and reports
-/// every command it received on the returned channel.
-pub async fn lab_adapter(bus: &BusHandle) -> (Client, mpsc::UnboundedReceiver<avbus::protocol::Command>) {
+/// then answering ok), answers `go` with its arguments, holds `slow` commands
+/// unanswered (for the test to answer or let time out), and reports every command.
+pub async fn lab_adapter(bus: &BusHandle) -> (Client, Seen) {
     let adapter = client(bus, "lab-adapter", Role::Adapter).await;
     let mut commands = adapter.commands().await;
     adapter.declare(lab_device(), true).await.expect("declare");
@@ -276,26 +292,31 @@ pub async fn lab_adapter(bus: &BusHandle) -> (Client, mpsc::UnboundedReceiver<av
         .await
         .expect("publish");
     let (seen_tx, seen_rx) = mpsc::unbounded_channel();
+    let (held_tx, held_rx) = mpsc::unbounded_channel();
     let a = adapter.clone();
     tokio::spawn(async move {
         while let Some(cmd) = commands.recv().await {
             let _ = seen_tx.send(cmd.command.clone());
-            answer(&a, cmd).await;
+            let c = cmd.command.clone();
+            match c.topic.as_str() {
+                "lab/dev/slow" => {
+                    let _ = held_tx.send(cmd);
+                }
+                "lab/dev/go" => cmd.ok(c.value.clone()).await,
+                topic => {
+                    let _ = a.publish_state(topic, c.value.clone(), Quality::Ok).await;
+                    cmd.ok(Value::Nil).await;
+                }
+            }
         }
     });
-    (adapter, seen_rx)
-}
-
-async fn answer(a: &Client, cmd: IncomingCommand) {
-    let c = cmd.command.clone();
-    match c.topic.as_str() {
-        "lab/dev/slow" => {}
-        "lab/dev/go" => cmd.ok(c.value.clone()).await,
-        topic => {
-            let _ = a.publish_state(topic, c.value.clone(), Quality::Ok).await;
-            cmd.ok(Value::Nil).await;
-        }
-    }
+    (
+        adapter,
+        Seen {
+            commands: seen_rx,
+            held: held_rx,
+        },
+    )
 }
 
 /// Frame bytes helper for raw tests.
