@@ -210,6 +210,12 @@ pub struct Subscription {
     client: Client,
 }
 
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Subscription({})", self.id)
+    }
+}
+
 impl Stream for Subscription {
     type Item = SubEvent;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SubEvent>> {
