@@ -218,6 +218,11 @@ impl Config {
                 return Err(format!("{key} must be greater than 0"));
             }
         }
+        if !self.devices.is_empty() {
+            return Err("[[device]] entries: hosted device adapters are not available in this \
+                        build yet (see README, \"Not yet\")"
+                .into());
+        }
         if l.max_frame_bytes > u32::MAX as usize {
             return Err("limits.max_frame_bytes must fit in 32 bits".into());
         }

@@ -360,7 +360,7 @@ impl ControlSpec {
             },
             ControlKind::Int { unit, .. } => with_unit(&as_int(value)?.to_string(), unit),
             ControlKind::Float { unit, step, .. } => {
-                let decimals = step.map_or(1, |s| decimals_for(s));
+                let decimals = step.map_or(1, decimals_for);
                 with_unit(&format!("{:.*}", decimals, as_number(value)?), unit)
             }
             ControlKind::Meter { unit, .. } => {

@@ -5,10 +5,10 @@
 use avbus::model::Quality;
 use avbus::protocol::{
     decode_bus, decode_client, frame, BusMsg, ClientMsg, Command, CommandOp, DecodeError, Epoch,
-    ErrorCode, Member, Resume, Role, Seq, SessionId, Update, WireError, LEN_PREFIX,
+    ErrorCode, Resume, Role, Seq, SessionId, Update, WireError, LEN_PREFIX,
 };
 use avbus::topic::{self, Filter, Topic};
-use avbus::value::{from_json, to_json, Value};
+use avbus::value::{from_cli_arg, from_json, to_json, to_json_string, Value};
 use proptest::collection::{btree_map, vec};
 use proptest::option;
 use proptest::prelude::*;
@@ -253,15 +253,23 @@ fn leaf_value() -> impl Strategy<Value = Value> {
     ]
 }
 
-/// Arbitrary values: small arrays and string-keyed maps, recursive with small depth.
-/// Map keys are in generation order, may repeat, and may be any string.
+/// Arbitrary values: small arrays and maps, recursive with small depth. Besides the
+/// JSON-friendly leaves, the wire also carries `F32`, `Ext` and non-string map keys;
+/// map keys are in generation order and may repeat.
 fn wire_value() -> impl Strategy<Value = Value> {
-    leaf_value().prop_recursive(3, 32, 4, |inner| {
+    let leaf = prop_oneof![
+        8 => leaf_value(),
+        1 => any::<f32>().prop_map(Value::F32), // finite by default, as for f64
+        1 => (any::<i8>(), vec(any::<u8>(), 0..6)).prop_map(|(t, b)| Value::Ext(t, b)),
+    ];
+    leaf.prop_recursive(3, 32, 4, |inner| {
+        let key = prop_oneof![
+            4 => short_string().prop_map(Value::from),
+            1 => any::<i64>().prop_map(Value::from),
+        ];
         prop_oneof![
             vec(inner.clone(), 0..4).prop_map(Value::Array),
-            vec((short_string(), inner), 0..4).prop_map(|kv| {
-                Value::Map(kv.into_iter().map(|(k, v)| (Value::from(k), v)).collect())
-            }),
+            vec((key, inner), 0..4).prop_map(Value::Map),
         ]
     })
 }
@@ -714,6 +722,14 @@ proptest! {
         let json = to_json(&v);
         let back = from_json(&json);
         prop_assert!(same(&back, &v), "{:?} -> {} -> {:?}", v, json, back);
+    }
+
+    /// Through the text as the CLI prints and reads it (`avbus get` then `avbus set`).
+    #[test]
+    fn json_text_round_trips(v in json_value()) {
+        let text = to_json_string(&v);
+        let back = from_cli_arg(&text);
+        prop_assert!(same(&back, &v), "{:?} -> {} -> {:?}", v, text, back);
     }
 
     #[test]
