@@ -219,9 +219,11 @@ impl Config {
             }
         }
         if !self.devices.is_empty() {
-            return Err("[[device]] entries: hosted device adapters are not available in this \
+            return Err(
+                "[[device]] entries: hosted device adapters are not available in this \
                         build yet (see README, \"Not yet\")"
-                .into());
+                    .into(),
+            );
         }
         if l.max_frame_bytes > u32::MAX as usize {
             return Err("limits.max_frame_bytes must fit in 32 bits".into());

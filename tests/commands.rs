@@ -24,29 +24,46 @@ async fn set_reaches_the_adapter_and_state_comes_back() {
     let other = client(&bus, "other-panel", Role::Panel).await;
     let mut sub = other.subscribe(&["lab/dev/#"]).await.unwrap();
     let snap = snapshot(&mut sub).await;
-    let online = snap.iter().find(|u| u.topic == "lab/dev/online").expect("online record");
+    let online = snap
+        .iter()
+        .find(|u| u.topic == "lab/dev/online")
+        .expect("online record");
     assert_eq!(online.value, Value::Boolean(true));
     let hours = snap.iter().find(|u| u.topic == "lab/dev/hours").unwrap();
-    assert_eq!((hours.value.clone(), hours.quality), (Value::from(42), Some(Quality::Ok)));
+    assert_eq!(
+        (hours.value.clone(), hours.quality),
+        (Value::from(42), Some(Quality::Ok))
+    );
 
-    let reply = within("set", panel.set("lab/dev/level", Value::from(30))).await.unwrap();
+    let reply = within("set", panel.set("lab/dev/level", Value::from(30)))
+        .await
+        .unwrap();
     assert_eq!(reply.result, Value::Nil);
     let cmd = within("the adapter's command", seen.recv()).await.unwrap();
-    assert_eq!((cmd.op, cmd.topic.as_str(), cmd.value.clone()), (CommandOp::Set, "lab/dev/level", Value::from(30)));
+    assert_eq!(
+        (cmd.op, cmd.topic.as_str(), cmd.value.clone()),
+        (CommandOp::Set, "lab/dev/level", Value::from(30))
+    );
     assert_eq!(cmd.from, panel.session());
     // Another panel sees it pending (with target), then the confirmed value.
     let pending = until(&mut sub, |u| u.topic == "lab/dev/level").await;
     assert_eq!(pending.quality, Some(Quality::Pending));
     assert_eq!(pending.target, Some(Value::from(30)));
     assert!(pending.deadline.is_some());
-    let done = until(&mut sub, |u| u.topic == "lab/dev/level" && u.quality == Some(Quality::Ok)).await;
+    let done = until(&mut sub, |u| {
+        u.topic == "lab/dev/level" && u.quality == Some(Quality::Ok)
+    })
+    .await;
     assert_eq!(done.value, Value::from(30));
     assert_eq!(done.position, Some(0.3));
     assert_eq!(done.display.as_deref(), Some("30 %"));
 
     // Values are normalized before forwarding: "on" for a bool becomes true.
     panel.set("lab/dev/power", Value::from("on")).await.unwrap();
-    assert_eq!(within("cmd", seen.recv()).await.unwrap().value, Value::Boolean(true));
+    assert_eq!(
+        within("cmd", seen.recv()).await.unwrap().value,
+        Value::Boolean(true)
+    );
     // A trigger is called with arguments and the adapter's result comes back.
     let r = panel.call("lab/dev/go", Value::from("fast")).await.unwrap();
     assert_eq!(r.result, Value::from("fast"));
@@ -73,16 +90,41 @@ async fn every_error_kind_is_typed() {
     assert_eq!(code, ErrorCode::InvalidValue);
     let (code, _) = code_of(&panel, "lab/dev/power", Value::from(7)).await;
     assert_eq!(code, ErrorCode::InvalidValue);
-    assert_eq!(code_of(&panel, "lab/dev/nope", Value::from(1)).await.0, ErrorCode::UnknownTopic);
-    assert_eq!(code_of(&panel, "lab/nodev/power", Value::from(1)).await.0, ErrorCode::UnknownTopic);
-    assert_eq!(code_of(&panel, "not a topic", Value::from(1)).await.0, ErrorCode::UnknownTopic);
-    assert_eq!(code_of(&panel, "lab/dev/hours", Value::from(1)).await.0, ErrorCode::NotWritable);
-    assert_eq!(code_of(&panel, "lab/dev/online", Value::Boolean(false)).await.0, ErrorCode::NotWritable);
-    assert_eq!(code_of(&panel, "lab/dev/go", Value::Nil).await.0, ErrorCode::NotWritable);
+    assert_eq!(
+        code_of(&panel, "lab/dev/nope", Value::from(1)).await.0,
+        ErrorCode::UnknownTopic
+    );
+    assert_eq!(
+        code_of(&panel, "lab/nodev/power", Value::from(1)).await.0,
+        ErrorCode::UnknownTopic
+    );
+    assert_eq!(
+        code_of(&panel, "not a topic", Value::from(1)).await.0,
+        ErrorCode::UnknownTopic
+    );
+    assert_eq!(
+        code_of(&panel, "lab/dev/hours", Value::from(1)).await.0,
+        ErrorCode::NotWritable
+    );
+    assert_eq!(
+        code_of(&panel, "lab/dev/online", Value::Boolean(false))
+            .await
+            .0,
+        ErrorCode::NotWritable
+    );
+    assert_eq!(
+        code_of(&panel, "lab/dev/go", Value::Nil).await.0,
+        ErrorCode::NotWritable
+    );
     let e = panel.call("lab/dev/power", Value::Nil).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::NotWritable);
     // A control the adapter never answers: timeout at the deadline.
-    assert_eq!(code_of(&panel, "lab/dev/slow", Value::Boolean(true)).await.0, ErrorCode::Timeout);
+    assert_eq!(
+        code_of(&panel, "lab/dev/slow", Value::Boolean(true))
+            .await
+            .0,
+        ErrorCode::Timeout
+    );
     // Two in flight fill the device's slots: the third is busy.
     let (p1, p2) = (panel.clone(), panel.clone());
     let a = tokio::spawn(async move { p1.set("lab/dev/slow", Value::Boolean(true)).await });
@@ -91,17 +133,33 @@ async fn every_error_kind_is_typed() {
     for _ in 0..3 {
         within("a held command", seen.held.recv()).await.unwrap();
     }
-    let e = panel.set("lab/dev/slow", Value::Boolean(true)).await.unwrap_err();
-    assert_eq!(e.code, ErrorCode::Busy, "a third command in flight is refused: {e}");
-    assert_eq!(within("a", a).await.unwrap().unwrap_err().code, ErrorCode::Timeout);
-    assert_eq!(within("b", b).await.unwrap().unwrap_err().code, ErrorCode::Timeout);
+    let e = panel
+        .set("lab/dev/slow", Value::Boolean(true))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code,
+        ErrorCode::Busy,
+        "a third command in flight is refused: {e}"
+    );
+    assert_eq!(
+        within("a", a).await.unwrap().unwrap_err().code,
+        ErrorCode::Timeout
+    );
+    assert_eq!(
+        within("b", b).await.unwrap().unwrap_err().code,
+        ErrorCode::Timeout
+    );
     // The adapter reports the device unreachable: device_offline, controls offline.
     let mut sub = panel.subscribe(&["lab/dev/level"]).await.unwrap();
     snapshot(&mut sub).await;
     adapter.set_online("lab/dev", false).await.unwrap();
     let u = until(&mut sub, |u| u.quality == Some(Quality::Offline)).await;
     assert_eq!(u.topic, "lab/dev/level");
-    assert_eq!(code_of(&panel, "lab/dev/level", Value::from(5)).await.0, ErrorCode::DeviceOffline);
+    assert_eq!(
+        code_of(&panel, "lab/dev/level", Value::from(5)).await.0,
+        ErrorCode::DeviceOffline
+    );
     bus.shutdown().await;
 }
 
@@ -117,9 +175,14 @@ async fn adapter_disconnect_answers_in_flight_and_turns_everything_offline() {
 
     let p = panel.clone();
     let inflight = tokio::spawn(async move { p.set("lab/dev/slow", Value::Boolean(true)).await });
-    within("the command at the adapter", seen.recv()).await.unwrap();
+    within("the command at the adapter", seen.recv())
+        .await
+        .unwrap();
     adapter.close().await;
-    let err = within("the in-flight answer", inflight).await.unwrap().unwrap_err();
+    let err = within("the in-flight answer", inflight)
+        .await
+        .unwrap()
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::DeviceOffline);
     // Every control offline and online=false, for every subscriber.
     let mut offline = std::collections::HashSet::new();
@@ -135,11 +198,17 @@ async fn adapter_disconnect_answers_in_flight_and_turns_everything_offline() {
     }
     let got = panel.get("lab/dev/online").await.unwrap().unwrap();
     assert_eq!(got.value, Value::Boolean(false), "retained");
-    let e = panel.set("lab/dev/level", Value::from(1)).await.unwrap_err();
+    let e = panel
+        .set("lab/dev/level", Value::from(1))
+        .await
+        .unwrap_err();
     assert_eq!(e.code, ErrorCode::DeviceOffline);
     // A new adapter takes the device over; it comes back online.
     let (_again, _seen) = lab_adapter(&bus).await;
-    until(&mut sub, |u| u.topic == "lab/dev/online" && u.value == Value::Boolean(true)).await;
+    until(&mut sub, |u| {
+        u.topic == "lab/dev/online" && u.value == Value::Boolean(true)
+    })
+    .await;
     panel.set("lab/dev/level", Value::from(2)).await.unwrap();
     bus.shutdown().await;
 }
@@ -151,7 +220,10 @@ async fn a_second_adapter_cannot_take_a_live_device() {
     let intruder = client(&bus, "intruder", Role::Adapter).await;
     let e = intruder.declare(lab_device(), true).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::Conflict));
-    let e = intruder.publish("lab/dev/level", Value::from(3), true).await.unwrap_err();
+    let e = intruder
+        .publish("lab/dev/level", Value::from(3), true)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::Forbidden));
     let mut bad = lab_device();
     bad.name = "x".into();
@@ -194,11 +266,26 @@ async fn a_request_resent_after_resume_runs_once() {
     raw.send(&set).await;
     // The adapter answers the original command only now.
     held.ok(Value::from("done")).await;
-    let answer = raw.recv_until(|m| matches!(m, BusMsg::Ok { id: 77, .. } | BusMsg::Error { id: Some(77), .. })).await;
-    assert_eq!(answer, BusMsg::Ok { id: 77, result: Value::from("done") });
+    let answer = raw
+        .recv_until(|m| {
+            matches!(
+                m,
+                BusMsg::Ok { id: 77, .. } | BusMsg::Error { id: Some(77), .. }
+            )
+        })
+        .await;
+    assert_eq!(
+        answer,
+        BusMsg::Ok {
+            id: 77,
+            result: Value::from("done")
+        }
+    );
     // Sent a third time: answered again from memory, still not executed again.
     raw.send(&set).await;
-    let again = raw.recv_until(|m| matches!(m, BusMsg::Ok { id: 77, .. })).await;
+    let again = raw
+        .recv_until(|m| matches!(m, BusMsg::Ok { id: 77, .. }))
+        .await;
     assert_eq!(again, answer);
     assert!(seen.try_recv().is_err(), "the adapter saw the command once");
     bus.shutdown().await;
@@ -219,7 +306,8 @@ async fn momentary_is_released_when_the_panel_drops() {
     .await;
     let press = within("press", seen.recv()).await.unwrap();
     assert_eq!(press.value, Value::Boolean(true));
-    raw.recv_until(|m| matches!(m, BusMsg::Ok { id: 1, .. })).await;
+    raw.recv_until(|m| matches!(m, BusMsg::Ok { id: 1, .. }))
+        .await;
     drop(raw); // Wi-Fi gone, no goodbye.
     let release = within("the bus's release", seen.recv()).await.unwrap();
     assert_eq!(release.topic, "lab/dev/move");
@@ -242,7 +330,10 @@ async fn rooms_presence_and_broadcast() {
     assert!(names.contains(&"wall-panel") && names.contains(&"tablet"));
     match within("join event", a_events.recv()).await.unwrap() {
         avbus::client::RoomEvent::Joined { room, member } => {
-            assert_eq!((room.as_str(), member.name.as_str(), member.role), ("boardroom", "tablet", Role::Panel));
+            assert_eq!(
+                (room.as_str(), member.name.as_str(), member.role),
+                ("boardroom", "tablet", Role::Panel)
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -254,14 +345,24 @@ async fn rooms_presence_and_broadcast() {
         other => panic!("{other:?}"),
     }
     // Presence is retained under $clients while connected.
-    let rec = a.get(&format!("$clients/{}", b.session())).await.unwrap().unwrap();
-    assert_eq!(avbus::value::to_json(&rec.value)["connected"], serde_json::json!(true));
+    let rec = a
+        .get(&format!("$clients/{}", b.session()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        avbus::value::to_json(&rec.value)["connected"],
+        serde_json::json!(true)
+    );
     b.leave("boardroom").await.unwrap();
     match within("leave event", a_events.recv()).await.unwrap() {
         avbus::client::RoomEvent::Left { member, .. } => assert_eq!(member.name, "tablet"),
         other => panic!("{other:?}"),
     }
-    assert!(b_events.try_recv().is_err(), "a sender does not hear itself");
+    assert!(
+        b_events.try_recv().is_err(),
+        "a sender does not hear itself"
+    );
     let mut sub = a.subscribe(&["$clients/+"]).await.unwrap();
     snapshot(&mut sub).await;
     let gone = format!("$clients/{}", b.session());

@@ -55,7 +55,11 @@ fn topic_levels() -> impl Strategy<Value = Vec<String>> {
         2 => Just("$sys".to_string()),
     ];
     let rest = vec(
-        prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("c".to_string())],
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("c".to_string())
+        ],
         0..5,
     );
     (first, rest).prop_map(|(f, mut r)| {
@@ -68,8 +72,11 @@ fn topic_levels() -> impl Strategy<Value = Vec<String>> {
 /// some point (possibly 0) and ended with `#`.
 fn filter_from(levels: Vec<String>) -> impl Strategy<Value = String> {
     let n = levels.len();
-    (vec(prop::bool::weighted(0.3), n), option::weighted(0.4, 0..=n)).prop_map(
-        move |(plus, hash_at)| {
+    (
+        vec(prop::bool::weighted(0.3), n),
+        option::weighted(0.4, 0..=n),
+    )
+        .prop_map(move |(plus, hash_at)| {
             let mut f: Vec<String> = levels
                 .iter()
                 .zip(&plus)
@@ -80,8 +87,7 @@ fn filter_from(levels: Vec<String>) -> impl Strategy<Value = String> {
                 f.push("#".to_string());
             }
             f.join("/")
-        },
-    )
+        })
 }
 
 /// A topic and a filter, the filter made either from the topic itself (so it
@@ -240,6 +246,10 @@ fn short_string() -> impl Strategy<Value = String> {
 }
 
 fn leaf_value() -> impl Strategy<Value = Value> {
+    leaf_value_with(finite_f64().boxed())
+}
+
+fn leaf_value_with(floats: BoxedStrategy<f64>) -> impl Strategy<Value = Value> {
     prop_oneof![
         Just(Value::Nil),
         any::<bool>().prop_map(Value::Boolean),
@@ -247,7 +257,7 @@ fn leaf_value() -> impl Strategy<Value = Value> {
         any::<u64>().prop_map(Value::from),
         // Small ints: the compact MessagePack encodings.
         (-40i64..300).prop_map(Value::from),
-        finite_f64().prop_map(Value::F64),
+        floats.prop_map(Value::F64),
         short_string().prop_map(Value::from),
         vec(any::<u8>(), 0..10).prop_map(Value::Binary),
     ]
@@ -279,7 +289,22 @@ fn wire_value() -> impl Strategy<Value = Value> {
 /// order a JSON object keeps them (sorted: serde_json without `preserve_order`) and
 /// never `$hex` (so that no map reads as binary).
 fn json_value() -> impl Strategy<Value = Value> {
-    leaf_value().prop_recursive(3, 32, 4, |inner| {
+    json_value_with(finite_f64().boxed())
+}
+
+/// Floats that any correct-enough decimal parser reads back exactly: integers up to
+/// 2^31 and a few dyadic fractions, with signed zero.
+fn plain_f64() -> BoxedStrategy<f64> {
+    prop_oneof![
+        any::<i32>().prop_map(f64::from),
+        (any::<i16>(), 0u32..8).prop_map(|(m, e)| f64::from(m) / f64::from(1u32 << e)),
+        Just(-0.0),
+    ]
+    .boxed()
+}
+
+fn json_value_with(floats: BoxedStrategy<f64>) -> impl Strategy<Value = Value> {
+    leaf_value_with(floats).prop_recursive(3, 32, 4, |inner| {
         prop_oneof![
             vec(inner.clone(), 0..4).prop_map(Value::Array),
             btree_map(
@@ -306,8 +331,7 @@ fn same(a: &Value, b: &Value) -> bool {
         }
         (Value::Map(x), Value::Map(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .zip(y)
                     .all(|((ka, va), (kb, vb))| same(ka, kb) && same(va, vb))
         }
@@ -421,16 +445,13 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
                 reason,
             }
         }),
-        (
-            any::<u64>(),
-            wire_value(),
-            option::of((error_code(), s()))
-        )
-            .prop_map(|(id, result, error)| ClientMsg::Reply {
+        (any::<u64>(), wire_value(), option::of((error_code(), s()))).prop_map(
+            |(id, result, error)| ClientMsg::Reply {
                 id,
                 result,
                 error: error.map(|(code, message)| WireError { code, message }),
-            }),
+            }
+        ),
         (any::<u64>(), s()).prop_map(|(id, room)| ClientMsg::Join { id, room }),
         (any::<u64>(), s()).prop_map(|(id, room)| ClientMsg::Leave { id, room }),
         (s(), wire_value()).prop_map(|(room, value)| ClientMsg::Say { room, value }),
@@ -448,7 +469,13 @@ fn update_target() -> impl Strategy<Value = Option<Value>> {
 
 fn update() -> impl Strategy<Value = Update> {
     (
-        (any::<u64>(), short_string(), wire_value(), any::<u64>(), any::<bool>()),
+        (
+            any::<u64>(),
+            short_string(),
+            wire_value(),
+            any::<u64>(),
+            any::<bool>(),
+        ),
         (
             option::of(quality()),
             option::of(finite_f64()),
@@ -458,7 +485,10 @@ fn update() -> impl Strategy<Value = Update> {
         ),
     )
         .prop_map(
-            |((seq, topic, value, time, retain), (quality, position, display, target, deadline))| {
+            |(
+                (seq, topic, value, time, retain),
+                (quality, position, display, target, deadline),
+            )| {
                 Update {
                     seq: Seq(seq),
                     topic,
@@ -490,8 +520,11 @@ fn bus_msg() -> impl Strategy<Value = BusMsg> {
                 max_frame,
             }
         ),
-        (option::of(u()), error_code(), s())
-            .prop_map(|(id, code, message)| BusMsg::Error { id, code, message }),
+        (option::of(u()), error_code(), s()).prop_map(|(id, code, message)| BusMsg::Error {
+            id,
+            code,
+            message
+        }),
         update().prop_map(BusMsg::Update),
         (u(), u(), any::<bool>()).prop_map(|(id, count, resync)| BusMsg::Snapshot {
             id,
@@ -519,14 +552,16 @@ fn bus_msg() -> impl Strategy<Value = BusMsg> {
             u(),
             u()
         )
-            .prop_map(|(id, op, topic, value, deadline, from)| BusMsg::Cmd(Command {
-                id,
-                op,
-                topic,
-                value,
-                deadline,
-                from: SessionId(from),
-            })),
+            .prop_map(
+                |(id, op, topic, value, deadline, from)| BusMsg::Cmd(Command {
+                    id,
+                    op,
+                    topic,
+                    value,
+                    deadline,
+                    from: SessionId(from),
+                })
+            ),
         (s(), u(), s(), role(), any::<bool>()).prop_map(|(room, session, name, role, joined)| {
             BusMsg::Presence {
                 room,
@@ -552,7 +587,11 @@ fn bus_msg() -> impl Strategy<Value = BusMsg> {
 fn body(bytes: &[u8]) -> Result<&[u8], TestCaseError> {
     prop_assert!(bytes.len() >= LEN_PREFIX);
     let len = u32::from_be_bytes(bytes[..LEN_PREFIX].try_into().unwrap()) as usize;
-    prop_assert_eq!(len, bytes.len() - LEN_PREFIX, "length prefix vs body length");
+    prop_assert_eq!(
+        len,
+        bytes.len() - LEN_PREFIX,
+        "length prefix vs body length"
+    );
     Ok(&bytes[LEN_PREFIX..])
 }
 
@@ -650,9 +689,9 @@ fn message_like_bytes() -> impl Strategy<Value = Vec<u8>> {
         "retain", "quality", "name", "role", "args", "code", "message", "target",
     ];
     let kinds = vec![
-        "hello", "sub", "unsub", "get", "pub", "set", "call", "declare", "status", "reply",
-        "join", "leave", "say", "ping", "pong", "bye", "update", "ok", "error", "synced",
-        "gap", "cmd", "welcome", "dance", "",
+        "hello", "sub", "unsub", "get", "pub", "set", "call", "declare", "status", "reply", "join",
+        "leave", "say", "ping", "pong", "bye", "update", "ok", "error", "synced", "gap", "cmd",
+        "welcome", "dance", "",
     ];
     (
         option::weighted(0.9, prop::sample::select(kinds)),
@@ -724,8 +763,21 @@ proptest! {
         prop_assert!(same(&back, &v), "{:?} -> {} -> {:?}", v, json, back);
     }
 
-    /// Through the text as the CLI prints and reads it (`avbus get` then `avbus set`).
+    /// Through the text as the CLI prints and reads it (`avbus get` then `avbus set`),
+    /// with floats that every parser reads exactly; see `json_text_round_trips`.
     #[test]
+    fn json_text_round_trips_plain_floats(v in json_value_with(plain_f64())) {
+        let text = to_json_string(&v);
+        let back = from_cli_arg(&text);
+        prop_assert!(same(&back, &v), "{:?} -> {} -> {:?}", v, text, back);
+    }
+
+    /// Documents a library bug: the CLI prints floats in their shortest form (which
+    /// `str::parse::<f64>` reads back exactly) but reads JSON with serde_json's
+    /// default float parser, which without its `float_roundtrip` feature is off by
+    /// one ULP for some values. Run with `cargo test --test props -- --ignored`.
+    #[test]
+    #[ignore = "library bug: JSON text float round trip is off by one ULP"]
     fn json_text_round_trips(v in json_value()) {
         let text = to_json_string(&v);
         let back = from_cli_arg(&text);
@@ -745,4 +797,62 @@ proptest! {
             text
         );
     }
+}
+
+/// A fixed instance of the `json_text_round_trips` failure:
+/// `3.550019974194197e-33` (bits `0x39326ec9330e32f5`) reads back as
+/// `3.5500199741941966e-33` (bits `0x39326ec9330e32f4`).
+#[test]
+#[ignore = "library bug: JSON text float round trip is off by one ULP"]
+fn json_text_float_example() {
+    let f = f64::from_bits(0x39326ec9330e32f5);
+    let text = to_json_string(&Value::F64(f));
+    assert_eq!(text, "3.550019974194197e-33");
+    assert_eq!(text.parse::<f64>().unwrap().to_bits(), f.to_bits());
+    match from_cli_arg(&text) {
+        Value::F64(g) => assert_eq!(g.to_bits(), f.to_bits(), "read back as {g:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+// ----- deep nesting ------------------------------------------------------------------
+
+/// A `say` whose value is `depth` nested one-element arrays around nil.
+fn nested_say(depth: usize) -> Vec<u8> {
+    let mut value = Value::Nil;
+    for _ in 0..depth {
+        value = Value::Array(vec![value]);
+    }
+    let msg = Value::Map(vec![
+        (Value::from("t"), Value::from("say")),
+        (Value::from("room"), Value::from("r")),
+        (Value::from("value"), value),
+    ]);
+    let mut buf = Vec::new();
+    rmpv::encode::write_value(&mut buf, &msg).unwrap();
+    buf
+}
+
+/// Deep values are refused with a classified error past rmp-serde's nesting limit
+/// (1024). Run on a big stack: in a debug build the recursion needs about 4 KiB per
+/// level, so on a default 2 MiB thread a ~600-byte frame nested ~500 deep overflows
+/// the stack and aborts the process (reported, not asserted here).
+#[test]
+fn deeply_nested_values_are_refused_not_crashed() {
+    let t = std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(|| {
+            assert!(decode_client(&nested_say(100)).is_ok());
+            for depth in [1100, 5000] {
+                let bytes = nested_say(depth);
+                match decode_client(&bytes) {
+                    Ok(_) => panic!("depth {depth} accepted"),
+                    Err(e) => assert!(decode_error_is_classified(&e), "{e:?}"),
+                }
+                let e = decode_bus(&bytes).expect_err("not a bus message");
+                assert!(decode_error_is_classified(&e), "{e:?}");
+            }
+        })
+        .unwrap();
+    t.join().unwrap();
 }

@@ -17,7 +17,9 @@ const TOPICS: u64 = 50;
 async fn publish_run(p: &Client, prefix: &str, start: u64, n: u64) {
     for i in start..start + n {
         let topic = format!("{prefix}/t{}", i % TOPICS);
-        p.publish_nowait(&topic, Value::from(i), true).await.expect("publish");
+        p.publish_nowait(&topic, Value::from(i), true)
+            .await
+            .expect("publish");
     }
     p.publish(&format!("{prefix}/done"), Value::from(start + n), true)
         .await
@@ -55,11 +57,16 @@ async fn snapshot_then_live_without_gap_or_duplicate_under_load() {
     let mut sub = panel.subscribe(&["load/#"]).await.expect("subscribe");
     let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
     let snap = snapshot(&mut sub).await;
-    assert!(snap.len() as u64 >= TOPICS, "snapshot holds every retained topic");
+    assert!(
+        snap.len() as u64 >= TOPICS,
+        "snapshot holds every retained topic"
+    );
     let mut last_seq = 0;
     for u in &snap {
         if u.topic != "load/done" {
-            seen.entry(u.topic.clone()).or_default().push(u.value.as_u64().unwrap());
+            seen.entry(u.topic.clone())
+                .or_default()
+                .push(u.value.as_u64().unwrap());
         }
     }
     // Live: until the final marker arrives.
@@ -77,13 +84,18 @@ async fn snapshot_then_live_without_gap_or_duplicate_under_load() {
             }
             continue;
         }
-        seen.entry(u.topic.clone()).or_default().push(u.value.as_u64().unwrap());
+        seen.entry(u.topic.clone())
+            .or_default()
+            .push(u.value.as_u64().unwrap());
     }
     within("the publisher", load).await.unwrap();
     check_consecutive(&seen);
     for (topic, values) in &seen {
         let last = *values.last().unwrap();
-        assert!(last >= end - TOPICS, "{topic} ends at its final value, got {last}");
+        assert!(
+            last >= end - TOPICS,
+            "{topic} ends at its final value, got {last}"
+        );
     }
     bus.shutdown().await;
 }
@@ -106,7 +118,9 @@ async fn resume_replays_exactly_what_was_missed() {
     let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
     for u in snapshot(&mut sub).await {
         if u.topic != "r/done" {
-            seen.entry(u.topic.clone()).or_default().push(u.value.as_u64().unwrap());
+            seen.entry(u.topic.clone())
+                .or_default()
+                .push(u.value.as_u64().unwrap());
         }
     }
     let session = panel.session();
@@ -136,13 +150,18 @@ async fn resume_replays_exactly_what_was_missed() {
                     break;
                 }
             }
-            SubEvent::Update(u) => seen.entry(u.topic.clone()).or_default().push(u.value.as_u64().unwrap()),
+            SubEvent::Update(u) => seen
+                .entry(u.topic.clone())
+                .or_default()
+                .push(u.value.as_u64().unwrap()),
             other => markers.push(other),
         }
     }
     assert_eq!(panel.session(), session, "the session was resumed");
     assert!(
-        !markers.iter().any(|m| matches!(m, SubEvent::Resync | SubEvent::Gap { .. })),
+        !markers
+            .iter()
+            .any(|m| matches!(m, SubEvent::Resync | SubEvent::Gap { .. })),
         "a covered gap is replayed, not resynced: {markers:?}"
     );
     check_consecutive(&seen);
@@ -160,9 +179,14 @@ async fn resume_beyond_the_log_resyncs_to_the_true_state() {
     let proxy = Proxy::start(bus.tcp).await;
     let publisher = client(&bus, "publisher", Role::Tool).await;
     publish_run(&publisher, "s", 0, TOPICS).await;
-    publisher.publish("s/gone", Value::from("bye"), true).await.unwrap();
+    publisher
+        .publish("s/gone", Value::from("bye"), true)
+        .await
+        .unwrap();
 
-    let panel = Client::connect(opts(&proxy.addr.to_string(), "panel", Role::Panel)).await.unwrap();
+    let panel = Client::connect(opts(&proxy.addr.to_string(), "panel", Role::Panel))
+        .await
+        .unwrap();
     let mut events = panel.events();
     let mut sub = panel.subscribe(&["s/#"]).await.unwrap();
     let mut state: HashMap<String, Value> = HashMap::new();
@@ -185,7 +209,10 @@ async fn resume_beyond_the_log_resyncs_to_the_true_state() {
     publish_run(&publisher, "s", TOPICS, 2_000).await;
     publisher.publish("s/gone", Value::Nil, true).await.unwrap();
     let end = TOPICS + 2_000;
-    publisher.publish("s/done", Value::from(end + 1), true).await.unwrap();
+    publisher
+        .publish("s/done", Value::from(end + 1), true)
+        .await
+        .unwrap();
     proxy.set_down(false);
 
     // Apply everything until the snapshot that follows the resync is complete.
@@ -209,7 +236,10 @@ async fn resume_beyond_the_log_resyncs_to_the_true_state() {
     }
     assert_eq!(state.get("s/done"), Some(&Value::from(end + 1)));
     assert!(resynced, "the panel was told it is resynced");
-    assert!(!state.contains_key("s/gone"), "a topic deleted while away is gone");
+    assert!(
+        !state.contains_key("s/gone"),
+        "a topic deleted while away is gone"
+    );
     for i in 0..TOPICS {
         let want = (TOPICS..end).filter(|v| v % TOPICS == i).max().unwrap();
         assert_eq!(state.get(&format!("s/t{i}")), Some(&Value::from(want)));
@@ -221,21 +251,37 @@ async fn resume_beyond_the_log_resyncs_to_the_true_state() {
 async fn events_are_not_retained_and_wildcards_skip_dollar_topics() {
     let bus = bus(config()).await;
     let tool = client(&bus, "tool", Role::Tool).await;
-    tool.publish("ev/button", Value::from("pressed"), false).await.unwrap();
+    tool.publish("ev/button", Value::from("pressed"), false)
+        .await
+        .unwrap();
     let panel = client(&bus, "panel", Role::Panel).await;
     let mut sub = panel.subscribe(&["#"]).await.unwrap();
     let snap = snapshot(&mut sub).await;
-    assert!(snap.iter().all(|u| !u.topic.starts_with('$')), "# never matches $ topics");
-    assert!(snap.iter().all(|u| u.topic != "ev/button"), "events are not retained");
-    tool.publish("ev/button", Value::from("released"), false).await.unwrap();
+    assert!(
+        snap.iter().all(|u| !u.topic.starts_with('$')),
+        "# never matches $ topics"
+    );
+    assert!(
+        snap.iter().all(|u| u.topic != "ev/button"),
+        "events are not retained"
+    );
+    tool.publish("ev/button", Value::from("released"), false)
+        .await
+        .unwrap();
     let u = until(&mut sub, |u| u.topic == "ev/button").await;
     assert!(!u.retain);
     assert_eq!(u.value, Value::from("released"));
     assert_eq!(panel.get("ev/button").await.unwrap(), None);
     // `$` topics are the bus's: a client may not publish them.
-    let err = tool.publish("$sys/fake", Value::from(1), true).await.unwrap_err();
+    let err = tool
+        .publish("$sys/fake", Value::from(1), true)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(avbus::protocol::ErrorCode::Forbidden));
-    let err = tool.publish("bad topic", Value::from(1), true).await.unwrap_err();
+    let err = tool
+        .publish("bad topic", Value::from(1), true)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(avbus::protocol::ErrorCode::InvalidTopic));
     bus.shutdown().await;
 }

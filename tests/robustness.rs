@@ -31,7 +31,9 @@ async fn a_client_that_never_reads_stays_within_its_bound() {
             filters: vec!["flood/#".into()],
         })
         .await;
-    stalled.recv_until(|m| matches!(m, BusMsg::Synced { id: 1, .. })).await;
+    stalled
+        .recv_until(|m| matches!(m, BusMsg::Synced { id: 1, .. }))
+        .await;
 
     // A reader that must get every update, in order.
     let reader = client(&bus, "reader", Role::Panel).await;
@@ -39,7 +41,10 @@ async fn a_client_that_never_reads_stays_within_its_bound() {
     snapshot(&mut sub).await;
     // The bus's own queue metric for the stalled client.
     let monitor = client(&bus, "monitor", Role::Tool).await;
-    let mut queue = monitor.subscribe(&[&format!("$sys/queues/{stalled_session}")]).await.unwrap();
+    let mut queue = monitor
+        .subscribe(&[&format!("$sys/queues/{stalled_session}")])
+        .await
+        .unwrap();
 
     // The publisher keeps at most ~1000 unacknowledged: one acked publish per 1000.
     let publisher = client(&bus, "publisher", Role::Tool).await;
@@ -47,9 +52,15 @@ async fn a_client_that_never_reads_stays_within_its_bound() {
         for i in 0..N {
             let topic = format!("flood/t{}", i % TOPICS);
             if i % 1000 == 999 {
-                publisher.publish(&topic, Value::from(i), true).await.unwrap();
+                publisher
+                    .publish(&topic, Value::from(i), true)
+                    .await
+                    .unwrap();
             } else {
-                publisher.publish_nowait(&topic, Value::from(i), true).await.unwrap();
+                publisher
+                    .publish_nowait(&topic, Value::from(i), true)
+                    .await
+                    .unwrap();
             }
         }
     });
@@ -80,8 +91,16 @@ async fn a_client_that_never_reads_stays_within_its_bound() {
             break (n("peak_frames"), n("peak_bytes"), n("conflated"), limit);
         }
     };
-    assert!(peak_frames <= limit.0, "peak {peak_frames} frames > bound {}", limit.0);
-    assert!(peak_bytes <= limit.1 + 1024, "peak {peak_bytes} bytes > bound {}", limit.1);
+    assert!(
+        peak_frames <= limit.0,
+        "peak {peak_frames} frames > bound {}",
+        limit.0
+    );
+    assert!(
+        peak_bytes <= limit.1 + 1024,
+        "peak {peak_bytes} bytes > bound {}",
+        limit.1
+    );
     assert!(conflated > 0, "state updates were conflated");
     drop(stalled);
     bus.shutdown().await;
@@ -90,7 +109,11 @@ async fn a_client_that_never_reads_stays_within_its_bound() {
 async fn expect_error_then_close(raw: &mut Raw, code: ErrorCode) -> String {
     let msgs = raw.until_closed().await;
     match msgs.iter().find(|m| matches!(m, BusMsg::Error { .. })) {
-        Some(BusMsg::Error { code: c, message, id: None }) => {
+        Some(BusMsg::Error {
+            code: c,
+            message,
+            id: None,
+        }) => {
             assert_eq!(*c, code, "{message}");
             message.clone()
         }
@@ -109,7 +132,8 @@ async fn bad_input_gets_a_typed_error_and_harms_nobody_else() {
 
     // Random bytes as the first frame.
     let mut raw = Raw::connect(bus.tcp).await;
-    raw.send_raw(&[0, 0, 0, 5, 0xc1, 0xff, 0x00, 0x13, 0x37]).await;
+    raw.send_raw(&[0, 0, 0, 5, 0xc1, 0xff, 0x00, 0x13, 0x37])
+        .await;
     expect_error_then_close(&mut raw, ErrorCode::BadFrame).await;
     // A length prefix larger than the limit.
     let mut raw = Raw::connect(bus.tcp).await;
@@ -144,7 +168,9 @@ async fn bad_input_gets_a_typed_error_and_harms_nobody_else() {
     // After hello: a wrongly typed field.
     let mut raw = Raw::connect(bus.tcp).await;
     raw.hello("x", None).await;
-    let wrong = rmp_serde::to_vec_named(&serde_json::json!({"t": "sub", "id": "one", "filters": ["a"]})).unwrap();
+    let wrong =
+        rmp_serde::to_vec_named(&serde_json::json!({"t": "sub", "id": "one", "filters": ["a"]}))
+            .unwrap();
     send_body(&mut raw, &wrong).await;
     expect_error_then_close(&mut raw, ErrorCode::BadMessage).await;
     // After hello: garbage.
@@ -157,7 +183,9 @@ async fn bad_input_gets_a_typed_error_and_harms_nobody_else() {
     assert_eq!(e.code(), Some(ErrorCode::InvalidFilter));
 
     // The good client noticed nothing.
-    good.publish("ok/still", Value::from(true), true).await.unwrap();
+    good.publish("ok/still", Value::from(true), true)
+        .await
+        .unwrap();
     let u = until(&mut sub, |u| u.topic == "ok/still").await;
     assert_eq!(u.value, Value::Boolean(true));
     good.ping().await.unwrap();
@@ -180,12 +208,18 @@ async fn a_silent_peer_is_dropped_after_its_heartbeats() {
     raw.hello("silent", None).await;
     let started = std::time::Instant::now();
     let msgs = raw.until_closed().await;
-    assert!(msgs.iter().any(|m| matches!(m, BusMsg::Ping { .. })), "the bus pinged first");
+    assert!(
+        msgs.iter().any(|m| matches!(m, BusMsg::Ping { .. })),
+        "the bus pinged first"
+    );
     match msgs.last() {
         Some(BusMsg::Bye { reason, .. }) => assert_eq!(reason, "heartbeat_timeout"),
         other => panic!("expected bye, got {other:?}"),
     }
-    assert!(started.elapsed().as_millis() >= 300, "not before 3 intervals");
+    assert!(
+        started.elapsed().as_millis() >= 300,
+        "not before 3 intervals"
+    );
     // A client that answers pings stays connected through many intervals.
     let c = client(&bus, "alive", Role::Panel).await;
     let mut events = c.events();
@@ -195,7 +229,10 @@ async fn a_silent_peer_is_dropped_after_its_heartbeats() {
         interval.tick().await;
         interval.tick().await;
     }
-    assert!(!matches!(events.try_recv(), Ok(ConnectionEvent::Disconnected { .. })));
+    assert!(!matches!(
+        events.try_recv(),
+        Ok(ConnectionEvent::Disconnected { .. })
+    ));
     bus.shutdown().await;
 }
 
@@ -220,11 +257,16 @@ async fn serve_prints_ready_and_says_goodbye_on_sigterm() {
     let line = within("the ready line", line).await.unwrap().unwrap();
     let ready: serde_json::Value = serde_json::from_str(&line).expect("one JSON line");
     let addr = ready["ready"]["tcp"].as_str().unwrap().to_owned();
-    let c = Client::connect(ClientOptions::tcp(&addr, "t").reconnect(false)).await.unwrap();
+    let c = Client::connect(ClientOptions::tcp(&addr, "t").reconnect(false))
+        .await
+        .unwrap();
     let mut events = c.events();
     c.publish("x/y", Value::from(1), true).await.unwrap();
     assert_eq!(c.get("x/y").await.unwrap().unwrap().value, Value::from(1));
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let reason = within("the goodbye", async {
         loop {
@@ -235,7 +277,10 @@ async fn serve_prints_ready_and_says_goodbye_on_sigterm() {
     })
     .await;
     assert!(reason.contains("shutdown"), "{reason}");
-    let status = within("exit", tokio::task::spawn_blocking(move || child.wait())).await.unwrap().unwrap();
+    let status = within("exit", tokio::task::spawn_blocking(move || child.wait()))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -244,7 +289,11 @@ fn a_bad_config_fails_fast_naming_file_line_and_key() {
     let dir = std::env::temp_dir().join(format!("avbus-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("site.toml");
-    std::fs::write(&path, "[listen]\ntcp = \"127.0.0.1:0\"\n\n[limits]\noutbox_frame = 10\n").unwrap();
+    std::fs::write(
+        &path,
+        "[listen]\ntcp = \"127.0.0.1:0\"\n\n[limits]\noutbox_frame = 10\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_avbus"))
         .args(["serve", "--config"])
         .arg(&path)
@@ -252,7 +301,10 @@ fn a_bad_config_fails_fast_naming_file_line_and_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("site.toml") && err.contains("line 5") && err.contains("outbox_frame"), "{err}");
+    assert!(
+        err.contains("site.toml") && err.contains("line 5") && err.contains("outbox_frame"),
+        "{err}"
+    );
     assert!(out.stdout.is_empty(), "no ready line");
     std::fs::remove_dir_all(&dir).ok();
 }

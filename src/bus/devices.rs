@@ -270,7 +270,7 @@ impl Router {
         &mut self,
         sid: SessionId,
         topic: &crate::topic::Topic,
-        value: Value,
+        value: &Value,
         quality: Option<Quality>,
     ) -> Option<Result<Seq, Refusal>> {
         let mut levels = topic.levels();
@@ -298,7 +298,7 @@ impl Router {
         };
         let is_meter = matches!(spec.kind, ControlKind::Meter { .. });
         let st = d.controls.get_mut(control)?;
-        st.value = value;
+        st.value = value.clone();
         st.quality = match quality {
             Some(Quality::Stale) => Quality::Stale,
             _ => Quality::Ok,

@@ -782,7 +782,7 @@ impl Router {
                 format!("{topic}: `$` topics belong to the bus"),
             );
         }
-        let seq = match self.device_publish(sid, &topic, value.clone(), quality) {
+        let seq = match self.device_publish(sid, &topic, &value, quality) {
             Some(Ok(seq)) => seq,
             Some(Err((code, message))) => return self.error(sid, id, code, message),
             None => {

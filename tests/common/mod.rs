@@ -51,12 +51,16 @@ pub fn opts(addr: &str, name: &str, role: Role) -> ClientOptions {
 }
 
 pub async fn client(bus: &BusHandle, name: &str, role: Role) -> Client {
-    Client::connect(opts(&bus.tcp.to_string(), name, role)).await.expect("client connects")
+    Client::connect(opts(&bus.tcp.to_string(), name, role))
+        .await
+        .expect("client connects")
 }
 
 /// Next subscription event, failing on timeout or end.
 pub async fn next(sub: &mut Subscription) -> SubEvent {
-    within("a subscription event", sub.next()).await.expect("subscription open")
+    within("a subscription event", sub.next())
+        .await
+        .expect("subscription open")
 }
 
 /// Next update, skipping markers.
@@ -144,7 +148,11 @@ impl Raw {
         out
     }
 
-    pub async fn hello(&mut self, name: &str, resume: Option<Resume>) -> (SessionId, Epoch, Seq, bool) {
+    pub async fn hello(
+        &mut self,
+        name: &str,
+        resume: Option<Resume>,
+    ) -> (SessionId, Epoch, Seq, bool) {
         self.send(&ClientMsg::Hello {
             v: avbus::protocol::PROTOCOL_VERSION,
             name: name.into(),
@@ -190,7 +198,9 @@ impl Proxy {
                 }
                 let c = c.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     let _ = inbound.set_nodelay(true);
                     let _ = outbound.set_nodelay(true);
                     tokio::select! {

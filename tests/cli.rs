@@ -1,0 +1,171 @@
+//! The `avbus` binary end to end: `demo` with its virtual room, driven by the CLI
+//! commands an integrator types, checking their output and exit codes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_avbus");
+
+struct Demo {
+    child: Child,
+    addr: String,
+}
+
+impl Demo {
+    fn start() -> Demo {
+        let mut child = Command::new(BIN)
+            .args(["demo", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn avbus demo");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(first)) = lines.next() {
+                let _ = tx.send(first);
+            }
+            // Keep draining so the demo never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the ready line");
+        let ready: serde_json::Value = serde_json::from_str(&line).expect("JSON ready line");
+        let addr = ready["ready"]["tcp"].as_str().unwrap().to_owned();
+        Demo { child, addr }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).env("AVBUS_ADDR", &self.addr);
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_output(child, Duration::from_secs(20))
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for a child with a deadline, killing it (and failing) past it.
+fn wait_output(child: Child, limit: Duration) -> Output {
+    let id = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &id.to_string()])
+                .status();
+            panic!("command did not finish within {limit:?}");
+        }
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn the_demo_tour_works_from_the_cli() {
+    let demo = Demo::start();
+
+    let out = demo.run(&["devices"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    let header = table.lines().next().unwrap();
+    assert!(header.starts_with("DEVICE") && header.contains("CLASS") && header.contains("DRIVER"));
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("studio/projector"))
+        .expect("projector row");
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols, ["studio/projector", "projector", "virtual", "online"]);
+
+    let out = demo.run(&["set", "studio/mixer/volume", "-12.5"]);
+    assert_eq!(
+        (out.status.code(), stdout(&out).trim()),
+        (Some(0), "ok"),
+        "{}",
+        stderr(&out)
+    );
+    let out = demo.run(&["get", "studio/mixer/volume"]);
+    assert_eq!(stdout(&out).trim(), "-12.5");
+    let out = demo.run(&["get", "--full", "studio/mixer/volume"]);
+    let rec: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(rec["quality"], "ok");
+    assert_eq!(rec["display"], "-12.5 dB");
+
+    let out = demo.run(&["set", "studio/mixer/volume", "99"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("invalid_value:"),
+        "{}",
+        stderr(&out)
+    );
+    let out = demo.run(&["set", "studio/projector/lamp_hours", "1"]);
+    assert!(stderr(&out).starts_with("not_writable:"));
+
+    // A bare word is a string: `power on`.
+    let out = demo.run(&["set", "studio/projector/power", "on"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = demo.run(&["get", "studio/projector/power"]);
+    assert!(
+        ["\"warming\"", "\"on\""].contains(&stdout(&out).trim()),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = demo.run(&["call", "studio/camera/recall", "{\"preset\": 2}"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&demo.run(&["get", "studio/camera/pan"])).trim(),
+        "45"
+    );
+
+    let out = demo.run(&["pub", "--retain", "studio/scene", "presentation"]);
+    assert!(stdout(&out).starts_with("ok "));
+    assert_eq!(
+        stdout(&demo.run(&["get", "studio/scene"])).trim(),
+        "\"presentation\""
+    );
+
+    let out = demo.run(&["get", "nothing/here"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = demo.run(&["sub", "--seq", "--count", "3", "studio/mixer/#"]);
+    assert!(out.status.success());
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines
+        .iter()
+        .all(|l| l.split(' ').nth(1).unwrap().starts_with("studio/mixer/")));
+
+    let out = demo.run(&["devices", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 3);
+
+    let out = Command::new(BIN)
+        .args(["get", "x/y", "--bus", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "cannot connect");
+}
