@@ -169,7 +169,11 @@ impl Quality {
     }
 }
 
-fn check_name(what: &str, name: &str) -> Result<(), String> {
+/// Checks that `name` is a valid single topic level (rooms, devices, controls).
+///
+/// # Errors
+/// A message naming `what` and the rule broken.
+pub fn check_level(what: &str, name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_LEVEL_LEN || name.contains(['/', '+', '#']) {
         return Err(format!("{what} {name:?} is not a valid topic level"));
     }
@@ -191,14 +195,14 @@ impl DeviceDescriptor {
     /// # Errors
     /// A message naming the field and the rule it breaks.
     pub fn validate(&self) -> Result<(), String> {
-        check_name("room", &self.room)?;
-        check_name("device name", &self.name)?;
+        check_level("room", &self.room)?;
+        check_level("device name", &self.name)?;
         if self.controls.len() > MAX_CONTROLS {
             return Err(format!("more than {MAX_CONTROLS} controls"));
         }
         let mut seen = std::collections::HashSet::new();
         for c in &self.controls {
-            check_name("control", &c.name)?;
+            check_level("control", &c.name)?;
             if c.name == ONLINE {
                 return Err("control `online` is reserved: the bus adds it".into());
             }

@@ -16,6 +16,10 @@ use crate::value::Value;
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Default largest frame, in bytes (length prefix excluded).
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+/// How much larger than `max_frame` a frame from the bus may be: an update wraps a
+/// published value (itself at most `max_frame`) in its topic, sequence, time and
+/// state fields. Clients should accept `max_frame + BUS_ENVELOPE`.
+pub const BUS_ENVELOPE: usize = 4096;
 /// Bytes of the length prefix.
 pub const LEN_PREFIX: usize = 4;
 
@@ -448,15 +452,22 @@ struct Tag {
     t: String,
 }
 
+/// Deepest nesting of arrays and maps accepted in a frame. Deeper input is refused
+/// (`bad_frame`) before the decoder's recursion can exhaust a task's stack.
+pub const MAX_NESTING: usize = 64;
+
+fn from_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(body);
+    de.set_max_depth(MAX_NESTING);
+    T::deserialize(&mut de)
+}
+
 /// Decodes one frame body (without its length prefix) from a client.
 ///
 /// # Errors
 /// [`DecodeError`] telling garbage, an unknown `t` and a malformed known message apart.
 pub fn decode_client(body: &[u8]) -> Result<ClientMsg, DecodeError> {
-    match rmp_serde::from_slice::<ClientMsg>(body) {
-        Ok(m) => Ok(m),
-        Err(e) => Err(classify(body, e, CLIENT_MSG_TYPES)),
-    }
+    from_body::<ClientMsg>(body).map_err(|e| classify(body, e, CLIENT_MSG_TYPES))
 }
 
 /// Decodes one frame body from the bus.
@@ -464,11 +475,11 @@ pub fn decode_client(body: &[u8]) -> Result<ClientMsg, DecodeError> {
 /// # Errors
 /// [`DecodeError`] as for [`decode_client`].
 pub fn decode_bus(body: &[u8]) -> Result<BusMsg, DecodeError> {
-    rmp_serde::from_slice::<BusMsg>(body).map_err(|e| classify(body, e, &[]))
+    from_body::<BusMsg>(body).map_err(|e| classify(body, e, &[]))
 }
 
 fn classify(body: &[u8], e: rmp_serde::decode::Error, known: &[&str]) -> DecodeError {
-    match rmp_serde::from_slice::<Tag>(body) {
+    match from_body::<Tag>(body) {
         Err(_) => DecodeError::BadFrame(e.to_string()),
         Ok(tag) if !known.is_empty() && !known.contains(&tag.t.as_str()) => {
             DecodeError::UnknownMessage(tag.t)

@@ -372,3 +372,105 @@ async fn rooms_presence_and_broadcast() {
     drop(sub);
     bus.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_adapter_brings_its_devices_back() {
+    let bus = bus(config()).await;
+    let panel = client(&bus, "panel", Role::Panel).await;
+    let mut sub = panel
+        .subscribe(&["lab/dev/online", "lab/dev/hours"])
+        .await
+        .unwrap();
+    snapshot(&mut sub).await;
+    // A raw adapter: declares, publishes, loses its connection, resumes.
+    let mut raw = Raw::connect(bus.tcp).await;
+    let (session, epoch, _, _) = raw.hello("raw-adapter", None).await;
+    raw.send(&ClientMsg::Declare {
+        id: 1,
+        device: lab_device(),
+        online: true,
+    })
+    .await;
+    raw.recv_until(|m| matches!(m, BusMsg::Ok { id: 1, .. }))
+        .await;
+    until(&mut sub, |u| {
+        u.topic == "lab/dev/online" && u.value == Value::Boolean(true)
+    })
+    .await;
+    drop(raw);
+    until(&mut sub, |u| {
+        u.topic == "lab/dev/online" && u.value == Value::Boolean(false)
+    })
+    .await;
+    let mut raw = Raw::connect(bus.tcp).await;
+    let resume = Resume {
+        session,
+        epoch,
+        last_seq: avbus::protocol::Seq(0),
+    };
+    let (_, _, _, resumed) = raw.hello("raw-adapter", Some(resume)).await;
+    assert!(resumed);
+    until(&mut sub, |u| {
+        u.topic == "lab/dev/online" && u.value == Value::Boolean(true)
+    })
+    .await;
+    // Values are stale until the adapter reports them again.
+    let hours = panel.get("lab/dev/hours").await.unwrap().unwrap();
+    assert_eq!(hours.quality, Some(Quality::Stale));
+    raw.send(&ClientMsg::Pub {
+        topic: "lab/dev/hours".into(),
+        value: Value::from(43),
+        retain: true,
+        id: Some(2),
+        quality: None,
+    })
+    .await;
+    raw.recv_until(|m| matches!(m, BusMsg::Puback { id: 2, .. }))
+        .await;
+    let u = until(&mut sub, |u| {
+        u.topic == "lab/dev/hours" && u.quality == Some(Quality::Ok)
+    })
+    .await;
+    assert_eq!(u.value, Value::from(43));
+    // An adapter's value of the wrong type is refused, not passed on to panels.
+    raw.send(&ClientMsg::Pub {
+        topic: "lab/dev/hours".into(),
+        value: Value::from("many"),
+        retain: true,
+        id: Some(3),
+        quality: None,
+    })
+    .await;
+    match raw
+        .recv_until(|m| matches!(m, BusMsg::Error { id: Some(3), .. }))
+        .await
+    {
+        BusMsg::Error { code, .. } => assert_eq!(code, ErrorCode::InvalidValue),
+        _ => unreachable!(),
+    }
+    // A request id reused across request kinds is not mistaken for a resend.
+    raw.send(&ClientMsg::Get {
+        id: 9,
+        topic: "nothing/here".into(),
+    })
+    .await;
+    raw.recv_until(|m| matches!(m, BusMsg::Error { id: Some(9), .. }))
+        .await;
+    raw.send(&ClientMsg::Set {
+        id: 9,
+        topic: "lab/dev/level".into(),
+        value: Value::from(5),
+        timeout_ms: Some(300),
+    })
+    .await;
+    // The raw adapter does not answer its own command: it arrives, then times out.
+    raw.recv_until(|m| matches!(m, BusMsg::Cmd(_))).await;
+    match raw
+        .recv_until(|m| matches!(m, BusMsg::Error { id: Some(9), .. }))
+        .await
+    {
+        BusMsg::Error { code, .. } => assert_eq!(code, ErrorCode::Timeout),
+        _ => unreachable!(),
+    }
+    bus.shutdown().await;
+}

@@ -272,6 +272,11 @@ async fn events_are_not_retained_and_wildcards_skip_dollar_topics() {
     assert!(!u.retain);
     assert_eq!(u.value, Value::from("released"));
     assert_eq!(panel.get("ev/button").await.unwrap(), None);
+    // `a/#` matches `a` itself, in the snapshot as live.
+    tool.publish("ev", Value::from(1), true).await.unwrap();
+    let mut parent = panel.subscribe(&["ev/#"]).await.unwrap();
+    let snap = snapshot(&mut parent).await;
+    assert!(snap.iter().any(|u| u.topic == "ev"), "{snap:?}");
     // `$` topics are the bus's: a client may not publish them.
     let err = tool
         .publish("$sys/fake", Value::from(1), true)

@@ -213,6 +213,21 @@ impl Router {
             );
         }
         let inflight = old.as_ref().map_or(0, |d| d.inflight);
+        // Controls the new descriptor no longer has: their records go.
+        let removed: Vec<String> = old
+            .as_ref()
+            .map(|d| {
+                d.desc
+                    .controls
+                    .iter()
+                    .filter(|c| desc.control(&c.name).is_none())
+                    .map(|c| format!("{key}/{}", c.name))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for topic in removed {
+            self.delete_retained(&topic);
+        }
         if let Some(prev) = old.as_ref().and_then(|d| d.owner).filter(|o| *o != sid) {
             if let Some(s) = self.sessions.get_mut(&prev) {
                 s.devices.remove(&key);
@@ -239,6 +254,26 @@ impl Router {
                 result: Value::Nil,
             }),
         );
+    }
+
+    /// An adapter resumed its session: its devices are reachable again through it;
+    /// values are stale until it publishes them.
+    pub(super) fn adapter_back(&mut self, sid: SessionId) {
+        let keys: Vec<String> = match self.sessions.get(&sid) {
+            Some(s) => s.devices.iter().cloned().collect(),
+            None => return,
+        };
+        for key in keys {
+            if let Some(d) = self.devices.get_mut(&key) {
+                if d.owner != Some(sid) {
+                    continue;
+                }
+                for c in d.controls.values_mut() {
+                    c.quality = Quality::Stale;
+                }
+            }
+            self.liveness_changed(&key);
+        }
     }
 
     pub(super) fn status(&mut self, sid: SessionId, key: &str, online: bool, reason: Option<&str>) {
@@ -297,8 +332,20 @@ impl Router {
             )));
         };
         let is_meter = matches!(spec.kind, ControlKind::Meter { .. });
+        // The device is the truth, but a value of the wrong type would break every
+        // panel drawing the control: adapters get the same checks as commands.
+        let value = if is_meter || value.is_nil() || matches!(spec.kind, ControlKind::Trigger) {
+            value.clone()
+        } else {
+            match spec.check_set(value) {
+                Ok(v) => v,
+                Err(rule) => {
+                    return Some(Err((ErrorCode::InvalidValue, format!("{topic}: {rule}"))))
+                }
+            }
+        };
         let st = d.controls.get_mut(control)?;
-        st.value = value.clone();
+        st.value = value;
         st.quality = match quality {
             Some(Quality::Stale) => Quality::Stale,
             _ => Quality::Ok,
@@ -362,9 +409,8 @@ impl Router {
                 return self.send(sid, f);
             }
         }
-        match self.route(sid, id, topic, op, value, timeout_ms) {
-            Ok(()) => {}
-            Err((code, message)) => self.error(sid, Some(id), code, message),
+        if let Err((code, message)) = self.route(sid, id, topic, op, value, timeout_ms) {
+            self.command_error(sid, id, code, message);
         }
     }
 
@@ -394,7 +440,7 @@ impl Router {
             return Err((ErrorCode::NotWritable, format!("{topic} is read-only")));
         }
         let spec = d.desc.control(control).ok_or_else(unknown)?;
-        if !spec.access.writable() {
+        if !spec.access.writable() || matches!(spec.kind, ControlKind::Meter { .. }) {
             return Err((ErrorCode::NotWritable, format!("{topic} is read-only")));
         }
         let is_trigger = matches!(spec.kind, ControlKind::Trigger);
@@ -573,9 +619,9 @@ impl Router {
             return;
         };
         if let Some((origin, id)) = p.origin {
-            self.error(
+            self.command_error(
                 origin,
-                Some(id),
+                id,
                 ErrorCode::Timeout,
                 format!(
                     "{}/{}: no answer from the device in time",
@@ -602,9 +648,9 @@ impl Router {
             if let Some(p) = self.settle(cmd) {
                 self.deadlines.remove(&p.key);
                 if let Some((origin, id)) = p.origin {
-                    self.error(
+                    self.command_error(
                         origin,
-                        Some(id),
+                        id,
                         ErrorCode::DeviceOffline,
                         format!("{}: the adapter disconnected", p.device),
                     );

@@ -53,6 +53,10 @@ struct State {
     queue: VecDeque<Item>,
     frames: usize,
     bytes: usize,
+    /// Of `frames`/`bytes`, how much is in snapshot batches (shared with the
+    /// retained table; not counted against the answer bound).
+    batch_frames: usize,
+    batch_bytes: usize,
     overflow: Option<Overflow>,
     closing: Option<Bytes>,
     closed: bool,
@@ -132,7 +136,12 @@ impl Outbox {
     fn enqueue(&self, st: &mut State, item: Item) {
         let (n, b) = match &item {
             Item::Frame(f) => (1, f.len()),
-            Item::Batch(v) => (v.len(), v.iter().map(Bytes::len).sum()),
+            Item::Batch(v) => {
+                let b = v.iter().map(Bytes::len).sum();
+                st.batch_frames += v.len();
+                st.batch_bytes += b;
+                (v.len(), b)
+            }
         };
         st.frames += n;
         st.bytes += b;
@@ -167,6 +176,7 @@ impl Outbox {
             return Pushed::Dropped;
         }
         if of.resync {
+            of.conflated += 1;
             stats.conflated += 1;
             return Pushed::Conflated;
         }
@@ -179,7 +189,9 @@ impl Outbox {
             stats.conflated += 1;
         }
         if of.states.len() > limit {
+            // The table's updates are not delivered individually either.
             of.conflated += of.states.len() as u64;
+            stats.conflated += of.states.len() as u64;
             of.states.clear();
             of.resync = true;
             stats.resyncs += 1;
@@ -196,7 +208,8 @@ impl Outbox {
         if st.closed {
             return Ok(());
         }
-        if st.frames >= 2 * self.limits.frames || st.bytes >= 2 * self.limits.bytes {
+        let (own_frames, own_bytes) = (st.frames - st.batch_frames, st.bytes - st.batch_bytes);
+        if own_frames >= 2 * self.limits.frames || own_bytes >= 2 * self.limits.bytes {
             return Err(Stalled);
         }
         self.enqueue(&mut st, Item::Frame(frame));
@@ -225,6 +238,8 @@ impl Outbox {
         st.queue.clear();
         st.frames = 0;
         st.bytes = 0;
+        st.batch_frames = 0;
+        st.batch_bytes = 0;
         st.overflow = None;
         self.notify.notify_one();
     }
@@ -244,6 +259,8 @@ impl Outbox {
             out.extend(st.queue.drain(..));
             st.frames = 0;
             st.bytes = 0;
+            st.batch_frames = 0;
+            st.batch_bytes = 0;
             return Drain::Items;
         }
         let Some(of) = st.overflow.take() else {
@@ -334,6 +351,14 @@ mod tests {
         assert!(matches!(ob.drain(&mut out), Drain::Items));
         assert!(matches!(ob.drain(&mut out), Drain::NeedResync));
         assert_eq!(ob.stats().resyncs, 1);
+    }
+
+    #[test]
+    fn a_large_snapshot_does_not_count_against_answers() {
+        let ob = Outbox::new(limits());
+        ob.push_batch(vec![Bytes::from_static(b"s"); 100]);
+        ob.push(Bytes::from_static(b"ok")).unwrap();
+        assert_eq!(ob.stats().frames, 101);
     }
 
     #[test]

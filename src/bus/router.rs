@@ -256,6 +256,11 @@ impl Router {
                 let s = self.sessions.get_mut(&r.session).expect("checked above");
                 if let Some(old) = s.conn.take() {
                     self.connections -= 1;
+                    let stats = old.outbox.stats();
+                    self.totals.dropped += stats.dropped;
+                    self.totals.conflated += stats.conflated;
+                    self.totals.gaps += stats.gaps;
+                    self.totals.resyncs += stats.resyncs;
                     old.outbox.close(Some(frame(&BusMsg::Bye {
                         reason: "replaced".into(),
                         message: "the session resumed on another connection".into(),
@@ -301,6 +306,7 @@ impl Router {
         );
         if let Some(last_seq) = resumed {
             self.resume(sid, last_seq);
+            self.adapter_back(sid);
         }
         self.publish_presence(sid);
     }
@@ -323,13 +329,15 @@ impl Router {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        if let Some(c) = s.conn.take() {
-            self.connections -= 1;
-            c.outbox.close(None);
-        }
+        let detached = s.conn.take();
         tracing::debug!(session = %sid, name = %s.name, reason, "disconnected");
         let grace = Duration::from_millis(self.cfg.session.grace_ms);
         s.expires = Some(Instant::now() + grace);
+        if let Some(c) = detached {
+            self.connections -= 1;
+            self.add_totals(c.outbox.stats());
+            c.outbox.close(None);
+        }
         self.release_pressed(sid);
         self.owner_gone(sid);
         if clean || grace.is_zero() {
@@ -383,8 +391,8 @@ impl Router {
                 }
             }
         }
-        self.delete_retained(&format!("$clients/{sid}"));
-        self.delete_retained(&format!("$sys/queues/{sid}"));
+        self.publish_sys_value(format!("$clients/{sid}"), Value::Nil);
+        self.publish_sys_value(format!("$sys/queues/{sid}"), Value::Nil);
     }
 
     fn add_totals(&mut self, s: OutboxStats) {
@@ -414,7 +422,8 @@ impl Router {
         }
     }
 
-    /// Answers request `id` and remembers the answer for a resend.
+    /// Answers command `id` and remembers the answer, so that a resend of the same
+    /// request id is answered again without running the command twice.
     pub(super) fn answer(&mut self, sid: SessionId, id: u64, frame: Bytes) {
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.inflight.remove(&id);
@@ -433,11 +442,23 @@ impl Router {
         code: ErrorCode,
         message: String,
     ) {
-        let f = frame(&BusMsg::Error { id, code, message });
-        match id {
-            Some(id) => self.answer(sid, id, f),
-            None => self.send(sid, f),
-        }
+        self.send(sid, frame(&BusMsg::Error { id, code, message }));
+    }
+
+    /// Answers command `id` with an error, remembered for a resend.
+    pub(super) fn command_error(
+        &mut self,
+        sid: SessionId,
+        id: u64,
+        code: ErrorCode,
+        message: String,
+    ) {
+        let f = frame(&BusMsg::Error {
+            id: Some(id),
+            code,
+            message,
+        });
+        self.answer(sid, id, f);
     }
 
     fn ok(&mut self, sid: SessionId, id: u64, result: Value) {
@@ -479,6 +500,14 @@ impl Router {
                 continue;
             }
             let prefix = f.literal_prefix();
+            // `a/#` also matches `a` itself, which sorts before `a/`.
+            if let Some(parent) = f.as_str().strip_suffix("/#") {
+                if !parent.contains(['+', '#']) {
+                    if let Some((k, r)) = self.retained.get_key_value(parent) {
+                        found.insert(k, &r.frame);
+                    }
+                }
+            }
             let range = self
                 .retained
                 .range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
@@ -550,7 +579,7 @@ impl Router {
         self.seq
     }
 
-    fn delete_retained(&mut self, topic: &str) {
+    pub(super) fn delete_retained(&mut self, topic: &str) {
         if self.retained.contains_key(topic) {
             let t: Arc<str> = topic.into();
             self.publish(&t, &Value::Nil, true, ControlFields::default());
@@ -820,19 +849,8 @@ impl Router {
     }
 
     fn join(&mut self, sid: SessionId, id: u64, room: String) {
-        if let Err(e) = Topic::new(&room).and_then(|t| {
-            if t.as_str().contains('/') || t.is_reserved() {
-                Err(crate::topic::TopicError::WildcardInTopic)
-            } else {
-                Ok(t)
-            }
-        }) {
-            return self.error(
-                sid,
-                Some(id),
-                ErrorCode::InvalidTopic,
-                format!("room {room:?}: {e}"),
-            );
+        if let Err(why) = crate::model::check_level("room", &room) {
+            return self.error(sid, Some(id), ErrorCode::InvalidTopic, why);
         }
         let Some(me) = self.member(sid) else {
             return;

@@ -247,7 +247,10 @@ impl Driver {
             ),
         };
         let (rd, mut writer) = tokio::io::split(io);
-        let mut reader = FramedRead::new(rd, crate::bus::codec(opts.max_frame));
+        let mut reader = FramedRead::new(
+            rd,
+            crate::bus::codec(opts.max_frame + crate::protocol::BUS_ENVELOPE),
+        );
         let resume = self.session.map(|(session, epoch)| Resume {
             session,
             epoch,
