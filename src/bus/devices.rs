@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio_util::time::delay_queue;
 
-use super::router::{ControlFields, Router};
+use super::router::{ControlFields, Kind, Router};
 use crate::model::{ControlKind, ControlSpec, DeviceDescriptor, Quality, ONLINE};
 use crate::protocol::{
     frame, now_ms, BusMsg, Command, CommandOp, ErrorCode, Seq, SessionId, WireError,
@@ -404,8 +404,7 @@ impl Router {
             if s.inflight.contains(&id) {
                 return;
             }
-            if let Some((_, f)) = s.answers.iter().rev().find(|(i, _)| *i == id) {
-                let f = f.clone();
+            if let Some(f) = s.answers.get(Kind::Command, id) {
                 return self.send(sid, f);
             }
         }
@@ -610,7 +609,7 @@ impl Router {
                     message: e.message,
                 }),
             };
-            self.answer(origin, id, f);
+            self.answer(origin, Kind::Command, id, f);
         }
     }
 

@@ -86,10 +86,43 @@ pub(super) struct Session {
     pub filters: BTreeSet<Filter>,
     pub rooms: BTreeSet<String>,
     pub expires: Option<Instant>,
-    pub answers: VecDeque<(u64, Bytes)>,
+    pub answers: AnswerCache,
     pub inflight: HashSet<u64>,
     pub pressed: HashSet<Arc<str>>,
     pub devices: BTreeSet<String>,
+}
+
+/// What kind of request an answer belongs to: ids are the client's, and a raw client
+/// may reuse one across kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Kind {
+    Command,
+    Publish,
+}
+
+/// The last [`ANSWER_CACHE`] answers of a session, so that a request resent after a
+/// reconnect is answered again without being executed (or published) twice.
+#[derive(Default)]
+pub(super) struct AnswerCache {
+    map: HashMap<(Kind, u64), Bytes>,
+    order: VecDeque<(Kind, u64)>,
+}
+
+impl AnswerCache {
+    pub(super) fn get(&self, kind: Kind, id: u64) -> Option<Bytes> {
+        self.map.get(&(kind, id)).cloned()
+    }
+
+    fn insert(&mut self, kind: Kind, id: u64, frame: Bytes) {
+        if self.map.insert((kind, id), frame).is_none() {
+            self.order.push_back((kind, id));
+        }
+        while self.order.len() > ANSWER_CACHE {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
 }
 
 struct Retained {
@@ -282,7 +315,7 @@ impl Router {
                         filters: BTreeSet::new(),
                         rooms: BTreeSet::new(),
                         expires: None,
-                        answers: VecDeque::new(),
+                        answers: AnswerCache::default(),
                         inflight: HashSet::new(),
                         pressed: HashSet::new(),
                         devices: BTreeSet::new(),
@@ -424,17 +457,18 @@ impl Router {
 
     /// Answers command `id` and remembers the answer, so that a resend of the same
     /// request id is answered again without running the command twice.
-    pub(super) fn answer(&mut self, sid: SessionId, id: u64, frame: Bytes) {
+    pub(super) fn answer(&mut self, sid: SessionId, kind: Kind, id: u64, frame: Bytes) {
         if let Some(s) = self.sessions.get_mut(&sid) {
-            s.inflight.remove(&id);
-            if s.answers.len() >= ANSWER_CACHE {
-                s.answers.pop_front();
+            if kind == Kind::Command {
+                s.inflight.remove(&id);
             }
-            s.answers.push_back((id, frame.clone()));
+            s.answers.insert(kind, id, frame.clone());
         }
         self.send(sid, frame);
     }
 
+    /// Sends an error (answering request `id` if given). Not remembered: only
+    /// command answers and publish acknowledgements are (see [`Router::answer`]).
     pub(super) fn error(
         &mut self,
         sid: SessionId,
@@ -458,7 +492,7 @@ impl Router {
             code,
             message,
         });
-        self.answer(sid, id, f);
+        self.answer(sid, Kind::Command, id, f);
     }
 
     fn ok(&mut self, sid: SessionId, id: u64, result: Value) {
@@ -803,6 +837,15 @@ impl Router {
             Ok(t) => t,
             Err(e) => return self.error(sid, id, ErrorCode::InvalidTopic, format!("{raw:?}: {e}")),
         };
+        if let Some(id) = id {
+            let cached = self
+                .sessions
+                .get(&sid)
+                .and_then(|s| s.answers.get(Kind::Publish, id));
+            if let Some(f) = cached {
+                return self.send(sid, f);
+            }
+        }
         if topic.is_reserved() {
             return self.error(
                 sid,
@@ -834,7 +877,7 @@ impl Router {
             }
         };
         if let Some(id) = id {
-            self.send(sid, frame(&BusMsg::Puback { id, seq }));
+            self.answer(sid, Kind::Publish, id, frame(&BusMsg::Puback { id, seq }));
         }
     }
 
