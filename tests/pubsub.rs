@@ -52,8 +52,11 @@ async fn snapshot_then_live_without_gap_or_duplicate_under_load() {
     let p = publisher.clone();
     let load = tokio::spawn(async move { publish_run(&p, "load", TOPICS, total).await });
 
-    // Subscribe while the publisher is busy.
-    let panel = client(&bus, "panel", Role::Panel).await;
+    // Subscribe while the publisher is busy (with a client queue large enough that a
+    // debug-build reader never lags behind its own driver).
+    let mut o = opts(&bus.tcp.to_string(), "panel", Role::Panel);
+    o.sub_queue = 1 << 20;
+    let panel = Client::connect(o).await.unwrap();
     let mut sub = panel.subscribe(&["load/#"]).await.expect("subscribe");
     let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
     let snap = snapshot(&mut sub).await;
@@ -110,9 +113,9 @@ async fn resume_replays_exactly_what_was_missed() {
     let publisher = client(&bus, "publisher", Role::Tool).await;
     publish_run(&publisher, "r", 0, TOPICS).await;
 
-    let panel = avbus::client::Client::connect(opts(&proxy.addr.to_string(), "panel", Role::Panel))
-        .await
-        .unwrap();
+    let mut o = opts(&proxy.addr.to_string(), "panel", Role::Panel);
+    o.sub_queue = 1 << 20;
+    let panel = Client::connect(o).await.unwrap();
     let mut events = panel.events();
     let mut sub = panel.subscribe(&["r/#"]).await.unwrap();
     let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
@@ -288,5 +291,59 @@ async fn events_are_not_retained_and_wildcards_skip_dollar_topics() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(avbus::protocol::ErrorCode::InvalidTopic));
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_larger_than_every_queue_arrives_whole() {
+    // More retained topics than the client's per-subscription queue (4096) and the
+    // bus's per-connection queue (1000 here) hold: the snapshot streams through both.
+    const N: u64 = 20_000;
+    let mut cfg = config();
+    cfg.limits.outbox_frames = 1_000;
+    let bus = bus(cfg).await;
+    let publisher = client(&bus, "publisher", Role::Tool).await;
+    for i in 0..N {
+        publisher
+            .publish_nowait(&format!("big/{}/{}", i % 100, i), Value::from(i), true)
+            .await
+            .unwrap();
+    }
+    publisher
+        .publish("big/last", Value::from(N), true)
+        .await
+        .unwrap();
+    let panel = client(&bus, "panel", Role::Panel).await;
+    let mut sub = panel.subscribe(&["big/#"]).await.unwrap();
+    // Not reading the subscription does not hold up the rest of the client.
+    within("a ping while the subscription is unread", panel.ping())
+        .await
+        .unwrap();
+    // The subscription overflowed its queue meanwhile: once drained it reports the
+    // loss and resyncs; what it holds at the end is complete.
+    let mut held: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
+    let mut lagged = false;
+    loop {
+        match next(&mut sub).await {
+            SubEvent::Update(u) => {
+                held.insert(u.topic, u.value);
+            }
+            SubEvent::Gap { dropped, .. } => {
+                assert!(dropped > 0);
+                lagged = true;
+            }
+            SubEvent::Resync => held.clear(),
+            SubEvent::Synced { .. } => {
+                if held.len() as u64 == N + 1 {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(
+        lagged,
+        "20 000 updates overflowed a 4096-event queue that was not read"
+    );
+    assert_eq!(held.get("big/last"), Some(&Value::from(N)));
     bus.shutdown().await;
 }

@@ -36,7 +36,9 @@ async fn a_client_that_never_reads_stays_within_its_bound() {
         .await;
 
     // A reader that must get every update, in order.
-    let reader = client(&bus, "reader", Role::Panel).await;
+    let mut o = opts(&bus.tcp.to_string(), "reader", Role::Panel);
+    o.sub_queue = 1 << 20;
+    let reader = Client::connect(o).await.unwrap();
     let mut sub = reader.subscribe(&["flood/#"]).await.unwrap();
     snapshot(&mut sub).await;
     // The bus's own queue metric for the stalled client.

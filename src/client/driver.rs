@@ -33,6 +33,8 @@ use crate::topic::matches;
 const PARKED: usize = 1024;
 /// Requests taken from the queue per wake-up before writing them out together.
 const REQ_BATCH: usize = 128;
+/// How often a lagging subscription is checked for having been drained.
+const RECOVER_CHECK: Duration = Duration::from_millis(20);
 /// Heartbeats the bus may miss before the client gives up on the connection.
 const HEARTBEAT_MISSES: u32 = 3;
 
@@ -65,8 +67,14 @@ impl DriverHandle {
 struct LocalSub {
     filters: Vec<String>,
     tx: mpsc::Sender<SubEvent>,
-    /// Until the first `synced`, the caller of `subscribe` waits here.
+    /// Until its snapshot starts, the caller of `subscribe` waits here (answered at
+    /// the start, not the end, so a snapshot larger than the subscription's queue can
+    /// be read while it streams in).
     reply: Option<oneshot::Sender<Answer>>,
+    /// Whether its snapshot completed; if not, a reconnect asks for it again.
+    synced: bool,
+    /// Events dropped since the application fell behind (`None`: keeping up).
+    lagged: Option<u64>,
 }
 
 struct PendingReq {
@@ -107,8 +115,10 @@ struct Driver {
     last_seq: Seq,
     /// The snapshot batch being received: its subscription id (0: a resume) and
     /// whether it is a resync.
-    snap: Option<u64>,
+    snap: Option<(u64, bool)>,
     wbuf: BytesMut,
+    /// Whether some subscription is lagging (see [`Driver::recover`]).
+    lagging: bool,
     last_error: Option<String>,
     /// Whether a connection was ever established (a later new session is a resync).
     connected_before: bool,
@@ -141,6 +151,7 @@ pub(crate) async fn run(
         last_seq: Seq(0),
         snap: None,
         wbuf: BytesMut::with_capacity(16 * 1024),
+        lagging: false,
         last_error: None,
         connected_before: false,
     };
@@ -312,9 +323,9 @@ impl Driver {
         self.emit(ConnectionEvent::Connected { session, resumed });
         let mut subs: Vec<(u64, Vec<String>)> = Vec::new();
         for (id, s) in &self.subs {
-            if !resumed || s.reply.is_some() {
+            if !resumed || !s.synced {
                 subs.push((*id, s.filters.clone()));
-                if !resumed && !first_session && s.reply.is_none() {
+                if !resumed && !first_session && s.synced {
                     let _ = s.tx.try_send(SubEvent::Resync);
                 }
             }
@@ -360,6 +371,8 @@ impl Driver {
         let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_rx = Instant::now();
+        // While a subscription lags, check often whether the application drained it.
+        let mut recheck = tokio::time::interval(RECOVER_CHECK);
         loop {
             if !self.wbuf.is_empty() {
                 if let Err(e) = conn.writer.write_all(&self.wbuf).await {
@@ -378,7 +391,7 @@ impl Driver {
                     Some(Ok(body)) => {
                         last_rx = Instant::now();
                         match decode_bus(&body) {
-                            Ok(msg) => self.frame(msg).await,
+                            Ok(msg) => self.frame(msg),
                             Err(e) => return Outcome::Lost(format!("bad frame from the bus: {e}")),
                         }
                     }
@@ -408,6 +421,8 @@ impl Driver {
                         }
                     }
                 }
+                // A lagging subscription may have been drained by the application.
+                _ = recheck.tick(), if self.lagging => self.recover(),
                 // Heartbeat: ping the bus; give up after several silent intervals.
                 _ = tick.tick() => {
                     if last_rx.elapsed() >= interval * HEARTBEAT_MISSES {
@@ -459,6 +474,8 @@ impl Driver {
                         filters,
                         tx,
                         reply: Some(reply),
+                        synced: false,
+                        lagged: None,
                     },
                 );
             }
@@ -531,18 +548,53 @@ impl Driver {
         }
     }
 
-    async fn deliver(&mut self, ev: SubEvent, only: Option<u64>, topic: Option<&str>) {
-        let targets: Vec<mpsc::Sender<SubEvent>> = self
-            .subs
-            .iter()
-            .filter(|(id, _)| only.is_none_or(|o| o == **id))
-            .filter(|(_, s)| topic.is_none_or(|t| s.filters.iter().any(|f| matches(f, t))))
-            .map(|(_, s)| s.tx.clone())
-            .collect();
-        for tx in targets {
-            // Waits when the application is behind: the socket then fills and the
-            // bus applies its slow-consumer policy to this client.
-            let _ = tx.send(ev.clone()).await;
+    /// Hands an event to the matching subscriptions without ever waiting: one that the
+    /// application is not reading stops receiving (counted) until it is drained, then
+    /// [`Driver::recover`] resyncs it. Commands, other subscriptions and heartbeats
+    /// are never held up by it.
+    fn deliver(&mut self, ev: SubEvent, only: Option<u64>, topic: Option<&str>) {
+        for (id, s) in self.subs.iter_mut() {
+            if only.is_some_and(|o| o != *id) {
+                continue;
+            }
+            if topic.is_some_and(|t| !s.filters.iter().any(|f| matches(f, t))) {
+                continue;
+            }
+            if let Some(n) = s.lagged.as_mut() {
+                *n += 1;
+                continue;
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(ev.clone()) {
+                tracing::warn!(
+                    sub = id,
+                    "subscription not read fast enough: resync when drained"
+                );
+                s.lagged = Some(1);
+                self.lagging = true;
+            }
+        }
+    }
+
+    /// Resyncs the lagging subscriptions whose queue the application has drained.
+    fn recover(&mut self) {
+        let mut resub = Vec::new();
+        for (id, s) in self.subs.iter_mut() {
+            let Some(dropped) = s.lagged else { continue };
+            if s.tx.capacity() < s.tx.max_capacity() {
+                continue;
+            }
+            s.lagged = None;
+            s.synced = false;
+            let _ = s.tx.try_send(SubEvent::Gap {
+                dropped,
+                conflated: 0,
+            });
+            let _ = s.tx.try_send(SubEvent::Resync);
+            resub.push((*id, s.filters.clone()));
+        }
+        self.lagging = self.subs.values().any(|s| s.lagged.is_some());
+        for (id, filters) in resub {
+            self.write(&ClientMsg::Sub { id, filters });
         }
     }
 
@@ -550,35 +602,41 @@ impl Driver {
         (id != 0).then_some(id)
     }
 
-    async fn frame(&mut self, msg: BusMsg) {
+    fn frame(&mut self, msg: BusMsg) {
         match msg {
             BusMsg::Update(u) => {
-                self.last_seq = self.last_seq.max(u.seq);
-                let only = self.snap.and_then(|id| self.target(id));
+                // Live updates and a resume's replay arrive in sequence order, so
+                // everything up to this one has been seen; a snapshot's records carry
+                // older numbers and prove nothing until its `synced`.
+                if matches!(self.snap, None | Some((0, false))) {
+                    self.last_seq = self.last_seq.max(u.seq);
+                }
+                let only = self.snap.and_then(|(id, _)| self.target(id));
                 let topic = u.topic.clone();
-                self.deliver(SubEvent::Update(u), only, Some(&topic)).await;
+                self.deliver(SubEvent::Update(u), only, Some(&topic));
             }
             BusMsg::Snapshot { id, resync, .. } => {
-                self.snap = Some(id);
+                self.snap = Some((id, resync));
+                if let Some(reply) = self.subs.get_mut(&id).and_then(|s| s.reply.take()) {
+                    let _ = reply.send(Answer::Ok(rmpv::Value::Nil));
+                }
                 if resync {
                     self.emit(ConnectionEvent::Resynced);
-                    self.deliver(SubEvent::Resync, self.target(id), None).await;
+                    self.deliver(SubEvent::Resync, self.target(id), None);
                 }
             }
             BusMsg::Synced { id, seq, .. } => {
                 self.snap = None;
                 self.last_seq = self.last_seq.max(seq);
-                if let Some(reply) = self.subs.get_mut(&id).and_then(|s| s.reply.take()) {
-                    let _ = reply.send(Answer::Ok(rmpv::Value::Nil));
+                if let Some(s) = self.subs.get_mut(&id) {
+                    s.synced = true;
                 }
-                self.deliver(SubEvent::Synced { seq }, self.target(id), None)
-                    .await;
+                self.deliver(SubEvent::Synced { seq }, self.target(id), None);
             }
             BusMsg::Gap {
                 dropped, conflated, ..
             } => {
-                self.deliver(SubEvent::Gap { dropped, conflated }, None, None)
-                    .await;
+                self.deliver(SubEvent::Gap { dropped, conflated }, None, None);
             }
             BusMsg::Ok { id, result } => {
                 if let Some(p) = self.requests.remove(&id) {

@@ -44,9 +44,8 @@ use crate::value::Value;
 
 /// Requests queued from handles to the driver. Callers wait when it is full.
 const REQUEST_QUEUE: usize = 1024;
-/// Events buffered per subscription before the driver waits for the reader (which
-/// in turn leaves data in the socket, and the bus conflates for this client).
-const SUB_QUEUE: usize = 4096;
+/// Events buffered per subscription by default (`ClientOptions::sub_queue`).
+pub const SUB_QUEUE: usize = 4096;
 /// Commands buffered for an adapter before further ones are answered `busy`.
 const COMMAND_QUEUE: usize = 1024;
 /// Room events buffered; beyond it they are dropped (and logged).
@@ -85,6 +84,12 @@ pub struct ClientOptions {
     pub backoff_max: Duration,
     /// Largest frame accepted from the bus.
     pub max_frame: usize,
+    /// Events buffered per subscription. When the application falls this far behind
+    /// on one subscription, that subscription stops receiving (the others, commands
+    /// and heartbeats go on); once the application has drained it, it gets
+    /// [`SubEvent::Gap`] with the number dropped, [`SubEvent::Resync`], and a fresh
+    /// snapshot, so it ends holding the bus's state again.
+    pub sub_queue: usize,
 }
 
 impl ClientOptions {
@@ -111,6 +116,7 @@ impl ClientOptions {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             max_frame: crate::protocol::DEFAULT_MAX_FRAME,
+            sub_queue: SUB_QUEUE,
         }
     }
 
@@ -433,14 +439,15 @@ impl Client {
 
     /// Subscribes to `filters`: the stream yields the current value of every matching
     /// retained topic, then [`SubEvent::Synced`], then live updates, with no gap and
-    /// no duplicate between them.
+    /// no duplicate between them. Returns as soon as the snapshot starts arriving, so
+    /// a snapshot larger than the subscription's queue is read while it streams.
     ///
     /// # Errors
     /// [`Error::Bus`] with `invalid_filter` or `limit`; [`Error::Timeout`],
     /// [`Error::Closed`].
     pub async fn subscribe(&self, filters: &[&str]) -> Result<Subscription, Error> {
         let id = self.id();
-        let (tx, rx) = mpsc::channel(SUB_QUEUE);
+        let (tx, rx) = mpsc::channel(self.opts.sub_queue.max(1));
         let (reply, answer) = oneshot::channel();
         let filters = filters.iter().map(|f| f.to_string()).collect();
         self.send(Req::Sub {
