@@ -109,7 +109,8 @@ struct Driver {
     commands: Option<mpsc::Sender<IncomingCommand>>,
     room_tx: Option<mpsc::Sender<RoomEvent>>,
     parked: VecDeque<ClientMsg>,
-    pings: VecDeque<(u64, Instant, oneshot::Sender<Duration>)>,
+    /// Pings in flight: number, when sent, and who waits (none for heartbeats).
+    pings: VecDeque<(u64, Instant, Option<oneshot::Sender<Duration>>)>,
     ping_n: u64,
     session: Option<(SessionId, Epoch)>,
     last_seq: Seq,
@@ -432,7 +433,12 @@ impl Driver {
                     let n = self.ping_n;
                     self.write(&ClientMsg::Ping { n });
                     self.requests.retain(|_, p| !p.reply.is_closed());
-                    self.pings.retain(|(_, _, tx)| !tx.is_closed());
+                    // Forget pings never answered (bounded by the heartbeat deadline).
+                    let horizon = interval * HEARTBEAT_MISSES;
+                    self.pings.retain(|(_, sent, tx)| {
+                        sent.elapsed() < horizon && !tx.as_ref().is_some_and(|t| t.is_closed())
+                    });
+                    self.pings.push_back((n, Instant::now(), None));
                 }
             }
         }
@@ -535,7 +541,7 @@ impl Driver {
                 if connected {
                     self.ping_n += 1;
                     let n = self.ping_n;
-                    self.pings.push_back((n, Instant::now(), tx));
+                    self.pings.push_back((n, Instant::now(), Some(tx)));
                     out = Some(ClientMsg::Ping { n });
                 }
             }
@@ -726,7 +732,13 @@ impl Driver {
             BusMsg::Pong { n } => {
                 if let Some(i) = self.pings.iter().position(|(p, _, _)| *p == n) {
                     if let Some((_, sent, tx)) = self.pings.remove(i) {
-                        let _ = tx.send(sent.elapsed());
+                        let rtt = sent.elapsed();
+                        self.shared
+                            .rtt_us
+                            .store(rtt.as_micros() as u64, Ordering::Relaxed);
+                        if let Some(tx) = tx {
+                            let _ = tx.send(rtt);
+                        }
                     }
                 }
             }

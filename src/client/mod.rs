@@ -341,6 +341,8 @@ pub(crate) enum Req {
 pub(crate) struct Shared {
     next_id: AtomicU64,
     session: AtomicU64,
+    /// Last measured round trip in µs (0: none yet).
+    rtt_us: AtomicU64,
 }
 
 /// A handle to a connection to the bus. Clone it freely; the connection closes when
@@ -371,6 +373,7 @@ impl Client {
         let shared = Arc::new(Shared {
             next_id: AtomicU64::new(1),
             session: AtomicU64::new(0),
+            rtt_us: AtomicU64::new(0),
         });
         let opts = Arc::new(opts);
         let client = Client {
@@ -408,6 +411,15 @@ impl Client {
     /// The current session id (0 before the first welcome).
     pub fn session(&self) -> SessionId {
         SessionId(self.shared.session.load(Ordering::Relaxed))
+    }
+
+    /// The round trip last measured (by a heartbeat or [`Client::ping`]), for a
+    /// panel's status line; `None` before the first answer.
+    pub fn last_rtt(&self) -> Option<Duration> {
+        match self.shared.rtt_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
     }
 
     /// Connection events (connected, disconnected, reconnecting, resynced, ...).
