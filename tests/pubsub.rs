@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use avbus::client::{Client, ConnectionEvent, SubEvent};
+use avbus::client::{Client, SubEvent};
 use avbus::protocol::Role;
 use avbus::value::Value;
 use common::*;
@@ -133,14 +133,7 @@ async fn resume_replays_exactly_what_was_missed() {
     let load = tokio::spawn(async move { publish_run(&p, "r", TOPICS, 5_000).await });
     proxy.set_down(true);
     proxy.cut();
-    within("the disconnect event", async {
-        loop {
-            if let Ok(ConnectionEvent::Disconnected { .. }) = events.recv().await {
-                return;
-            }
-        }
-    })
-    .await;
+    disconnected(&mut events).await;
     within("the publisher", load).await.unwrap();
     proxy.set_down(false);
 
@@ -200,14 +193,7 @@ async fn resume_beyond_the_log_resyncs_to_the_true_state() {
 
     proxy.set_down(true);
     proxy.cut();
-    within("the disconnect event", async {
-        loop {
-            if let Ok(ConnectionEvent::Disconnected { .. }) = events.recv().await {
-                return;
-            }
-        }
-    })
-    .await;
+    disconnected(&mut events).await;
     // Far more than the log holds, and one topic deleted.
     publish_run(&publisher, "s", TOPICS, 2_000).await;
     publisher.publish("s/gone", Value::Nil, true).await.unwrap();

@@ -270,14 +270,7 @@ async fn serve_prints_ready_and_says_goodbye_on_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
-    let reason = within("the goodbye", async {
-        loop {
-            if let Ok(ConnectionEvent::Disconnected { reason }) = events.recv().await {
-                return reason;
-            }
-        }
-    })
-    .await;
+    let reason = disconnected(&mut events).await;
     assert!(reason.contains("shutdown"), "{reason}");
     let status = within("exit", tokio::task::spawn_blocking(move || child.wait()))
         .await

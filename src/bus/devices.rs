@@ -180,6 +180,16 @@ impl Router {
             return self.error(sid, Some(id), ErrorCode::InvalidDescriptor, e);
         }
         let key = desc.key();
+        let max = self.cfg.limits.max_topics;
+        if !self.devices.contains_key(&key) && self.retained_count() + desc.controls.len() + 2 > max
+        {
+            return self.error(
+                sid,
+                Some(id),
+                ErrorCode::Limit,
+                format!("the bus holds its maximum of {max} topics"),
+            );
+        }
         if let Some(d) = self.devices.get(&key) {
             if let Some(o) = d.owner.filter(|o| *o != sid) {
                 if self.sessions.get(&o).is_some_and(|s| s.conn.is_some()) {
@@ -308,12 +318,16 @@ impl Router {
         value: &Value,
         quality: Option<Quality>,
     ) -> Option<Result<Seq, Refusal>> {
-        let mut levels = topic.levels();
-        let (room, dev) = (levels.next()?, levels.next()?);
-        let key = format!("{room}/{dev}");
-        let d = self.devices.get_mut(&key)?;
-        let control = levels.next();
-        let Some(control) = control.filter(|_| levels.next().is_none()) else {
+        // The device key is the first two levels, looked up without allocating: this
+        // runs for every publish.
+        let t = topic.as_str();
+        let first = t.find('/')?;
+        let (key, rest) = match t[first + 1..].find('/') {
+            Some(i) => (&t[..first + 1 + i], Some(&t[first + 2 + i..])),
+            None => (t, None),
+        };
+        let d = self.devices.get_mut(key)?;
+        let Some(control) = rest.filter(|c| !c.contains('/')) else {
             return Some(Err((
                 ErrorCode::UnknownTopic,
                 format!("{topic}: device topics are <room>/<device>/<control>"),
@@ -355,8 +369,7 @@ impl Router {
             // streamed through the sequence (the UDP telemetry path carries them).
             return Some(Ok(Seq(0)));
         }
-        let key_s = key.clone();
-        self.publish_control(&key_s, control);
+        self.publish_control(key, control);
         Some(Ok(self.current_seq()))
     }
 

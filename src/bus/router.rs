@@ -40,6 +40,9 @@ const BATCH: usize = 512;
 /// again without running twice.
 const ANSWER_CACHE: usize = 256;
 
+/// Rooms one session may be in (a panel is in one or a few).
+const MAX_ROOMS: usize = 256;
+
 /// Identifies one TCP (or in-process) connection, to ignore messages from a
 /// connection that a resume has replaced.
 pub type ConnId = u64;
@@ -608,6 +611,11 @@ impl Router {
         seq
     }
 
+    /// Retained topics held.
+    pub(super) fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
     /// The bus's current sequence number.
     pub(super) fn current_seq(&self) -> Seq {
         self.seq
@@ -894,6 +902,15 @@ impl Router {
     fn join(&mut self, sid: SessionId, id: u64, room: String) {
         if let Err(why) = crate::model::check_level("room", &room) {
             return self.error(sid, Some(id), ErrorCode::InvalidTopic, why);
+        }
+        let joined = self.sessions.get(&sid).map_or(0, |s| s.rooms.len());
+        if joined >= MAX_ROOMS && !self.rooms.get(&room).is_some_and(|m| m.contains(&sid)) {
+            return self.error(
+                sid,
+                Some(id),
+                ErrorCode::Limit,
+                format!("a session may be in at most {MAX_ROOMS} rooms"),
+            );
         }
         let Some(me) = self.member(sid) else {
             return;

@@ -94,6 +94,21 @@ pub async fn snapshot(sub: &mut Subscription) -> Vec<Update> {
     }
 }
 
+/// Waits for the client's next `Disconnected` event.
+pub async fn disconnected(
+    events: &mut tokio::sync::broadcast::Receiver<avbus::client::ConnectionEvent>,
+) -> String {
+    within("the disconnect event", async {
+        loop {
+            if let Ok(avbus::client::ConnectionEvent::Disconnected { reason }) = events.recv().await
+            {
+                return reason;
+            }
+        }
+    })
+    .await
+}
+
 // ----- raw protocol client ------------------------------------------------------
 
 /// A client that speaks the protocol frame by frame, for byte-level tests.
