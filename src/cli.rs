@@ -111,6 +111,19 @@ pub enum Command {
         #[arg(long)]
         retain: bool,
     },
+    /// Run the avbus benchmark workloads (against --bus, or a bus it starts).
+    Bench {
+        /// Bus to measure; without it, a bus is started as its own process.
+        #[arg(long)]
+        bus: Option<String>,
+        /// Workloads to run (repeatable): rtt, throughput, fanout, fanin, snapshot,
+        /// command. Default: all.
+        #[arg(long = "workload")]
+        workloads: Vec<String>,
+        /// Multiply message counts and durations (e.g. 0.1 for a quick run).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
     /// List devices: class, driver, online or offline.
     Devices {
         #[command(flatten)]
@@ -318,6 +331,40 @@ async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
                     );
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            bus,
+            workloads,
+            scale,
+        } => {
+            for w in &workloads {
+                if !crate::bench::WORKLOADS.contains(&w.as_str()) {
+                    eprintln!(
+                        "avbus bench: unknown workload {w:?} (known: {})",
+                        crate::bench::WORKLOADS.join(", ")
+                    );
+                    return Err(ExitCode::from(2));
+                }
+            }
+            let own = match &bus {
+                Some(_) => None,
+                None => Some(crate::bench::OwnBus::start().map_err(|e| {
+                    eprintln!("avbus bench: cannot start a bus: {e}");
+                    ExitCode::from(2)
+                })?),
+            };
+            let addr = bus
+                .or_else(|| own.as_ref().map(|o| o.addr.clone()))
+                .unwrap_or_default();
+            let cfg = crate::bench::BenchConfig { workloads, scale };
+            let rows = crate::bench::run(&addr, own.as_ref().map(|o| o.pid()), &cfg)
+                .await
+                .map_err(|e| {
+                    eprintln!("avbus bench: {e}");
+                    ExitCode::from(1)
+                })?;
+            outln!("{}", crate::bench::table(&rows));
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { .. } | Command::Demo { .. } => Ok(ExitCode::from(2)),

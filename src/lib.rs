@@ -9,10 +9,12 @@
 //! * [`bus`]: the bus process (listeners, router, connections, outboxes);
 //! * [`client`]: the Rust client library for panels, adapters and tools;
 //! * [`cli`]: the `avbus` command line;
+//! * [`bench`]: the avbus benchmark workloads behind `avbus bench`;
 //! * [`devices`]: adapters and simulators (the `devices/` directory at the top level).
 //!
 //! `docs/architecture.md` explains the tasks, channels and their bounds.
 
+pub mod bench;
 pub mod bus;
 pub mod cli;
 pub mod client;

@@ -169,3 +169,36 @@ fn the_demo_tour_works_from_the_cli() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "cannot connect");
 }
+
+#[test]
+fn bench_runs_every_workload_against_its_own_bus() {
+    let child = Command::new(BIN)
+        .args(["bench", "--scale", "0.01"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(child, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for w in [
+        "rtt",
+        "throughput",
+        "fanout",
+        "fanin",
+        "snapshot",
+        "command",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("BENCH workload={w} system=avbus")))
+            .unwrap_or_else(|| panic!("no BENCH line for {w} in\n{text}"));
+        // Correctness, not speed: nothing lost, nothing failed.
+        for bad in ["lost=", "loss=", "failed="] {
+            if let Some(v) = line.split(' ').find_map(|kv| kv.strip_prefix(bad)) {
+                assert_eq!(v, "0", "{line}");
+            }
+        }
+    }
+    assert!(text.contains("| system |"), "markdown table");
+}
