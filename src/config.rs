@@ -70,7 +70,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_frame_bytes: crate::protocol::DEFAULT_MAX_FRAME,
-            outbox_frames: 4096,
+            outbox_frames: 65536,
             outbox_bytes: 8 << 20,
             conflate_topics: 65536,
             replay_entries: 100_000,

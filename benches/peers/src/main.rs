@@ -1,0 +1,443 @@
+//! avbus against its peers, on the same workloads in the same run: Mosquitto (MQTT,
+//! QoS 0, rumqttc), nats-server (core NATS and JetStream KV, async-nats), and the
+//! loopback floor (TCP echo and a byte relay). Every server runs as its own process,
+//! started and stopped here. See docs/performance.md.
+//!
+//! Usage: avbus-peers-bench [--scale F] [--runs N] [--workload W]... [--out FILE]
+
+mod floor;
+mod mqtt;
+mod nats;
+
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use avbus::bench::{
+    add_cpu, command, cpu_ms, fmt_num, run_workload, table, AvbusTransport, OwnBus, Row, Transport,
+};
+
+/// Workloads every system runs (`command` is avbus only).
+const WORKLOADS: &[&str] = &[
+    "rtt",
+    "throughput",
+    "fanout",
+    "fanin",
+    "snapshot",
+    "command",
+];
+
+/// For each workload, the figure that decides it and whether lower is better.
+const PRIMARY: &[(&str, &str, bool)] = &[
+    ("rtt", "p50_us", true),
+    ("rtt", "p99_us", true),
+    ("throughput", "msgs_per_s", false),
+    ("fanout", "p99_us", true),
+    ("fanin", "msgs_per_s", false),
+    ("snapshot", "ms", true),
+];
+
+struct Opts {
+    scale: f64,
+    runs: usize,
+    workloads: Vec<String>,
+    out: Option<PathBuf>,
+}
+
+fn parse(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        scale: 1.0,
+        runs: 1,
+        workloads: Vec::new(),
+        out: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--scale" => o.scale = val()?.parse().map_err(|e| format!("--scale: {e}"))?,
+            "--runs" => o.runs = val()?.parse().map_err(|e| format!("--runs: {e}"))?,
+            "--workload" => {
+                let w = val()?;
+                if !WORKLOADS.contains(&w.as_str()) {
+                    return Err(format!(
+                        "unknown workload {w:?}; known: {}",
+                        WORKLOADS.join(", ")
+                    ));
+                }
+                o.workloads.push(w);
+            }
+            "--out" => o.out = Some(PathBuf::from(val()?)),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(o)
+}
+
+/// A server process, killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = StdListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// Waits (bounded) until something accepts on `port`.
+fn wait_port(port: u16, child: &mut Child) -> Result<(), String> {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited with {status}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err("did not start listening within 10 s".into())
+}
+
+fn which(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    dirs.extend(["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"].map(PathBuf::from));
+    for n in names {
+        for d in &dirs {
+            let p = d.join(n);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// The Mosquitto configuration the bench ships: loopback, anonymous, no persistence,
+/// and the per-client queue limits lifted so that retained messages and bursts are
+/// not dropped by configuration.
+fn mosquitto_conf(port: u16) -> String {
+    format!(
+        "listener {port} 127.0.0.1\n\
+         allow_anonymous true\n\
+         persistence false\n\
+         max_queued_messages 0\n\
+         max_queued_bytes 0\n\
+         max_inflight_messages 0\n\
+         set_tcp_nodelay true\n\
+         log_type error\n"
+    )
+}
+
+fn start_mosquitto(dir: &Path) -> Result<Server, String> {
+    let exe =
+        which(&["mosquitto"]).ok_or("mosquitto not installed (scripts/bench-peers installs it)")?;
+    let port = free_port()?;
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(&conf, mosquitto_conf(port)).map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    wait_port(port, &mut child).map_err(|e| format!("mosquitto {e}"))?;
+    Ok(Server { child, port })
+}
+
+fn start_nats(dir: &Path) -> Result<Server, String> {
+    let exe = which(&["nats-server"])
+        .ok_or("nats-server not installed (scripts/bench-peers installs it)")?;
+    let port = free_port()?;
+    let store = dir.join("nats");
+    let mut child = Command::new(exe)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(&store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    wait_port(port, &mut child).map_err(|e| format!("nats-server {e}"))?;
+    Ok(Server { child, port })
+}
+
+async fn run_system(
+    t: &dyn Transport,
+    pid: u32,
+    workloads: &[&str],
+    scale: f64,
+    addr: Option<&str>,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for w in workloads {
+        let cpu0 = cpu_ms(pid);
+        let r = match (*w, addr) {
+            ("command", Some(addr)) => command(addr, scale).await.map(Some),
+            ("command", None) => Ok(None),
+            (other, _) => run_workload(t, other, scale).await,
+        };
+        match r {
+            Ok(Some(mut row)) => {
+                add_cpu(&mut row, cpu0, cpu_ms(pid));
+                eprintln!("{}", row.line());
+                rows.push(row);
+            }
+            Ok(None) => {
+                if *w != "command" {
+                    eprintln!("BENCH workload={w} system={} n/a", t.system());
+                }
+            }
+            Err(e) => eprintln!("BENCH workload={w} system={} error={e:?}", t.system()),
+        }
+    }
+    rows
+}
+
+/// One run of everything; rows per (workload, system).
+async fn one_run(
+    opts: &Opts,
+    workloads: &[&str],
+    notes: &mut Vec<String>,
+) -> Result<Vec<Row>, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("avbus-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+
+    if workloads.contains(&"rtt") {
+        let echo = OwnBus::start_with(&exe, &["echo"]).map_err(|e| e.to_string())?;
+        rows.push(floor::rtt(&echo.addr, false, opts.scale).await?);
+        let relay = OwnBus::start_with(&exe, &["relay"]).map_err(|e| e.to_string())?;
+        rows.push(floor::rtt(&relay.addr, true, opts.scale).await?);
+    }
+
+    let bus = OwnBus::start_with(&exe, &["serve-avbus"]).map_err(|e| e.to_string())?;
+    let t = AvbusTransport::new(&bus.addr);
+    rows.extend(run_system(&t, bus.pid(), workloads, opts.scale, Some(&bus.addr)).await);
+    drop(bus);
+
+    match start_mosquitto(&dir) {
+        Ok(server) => {
+            let t = mqtt::MqttTransport { port: server.port };
+            rows.extend(run_system(&t, server.child.id(), workloads, opts.scale, None).await);
+        }
+        Err(e) => notes.push(format!("mosquitto: absent ({e})")),
+    }
+    match start_nats(&dir) {
+        Ok(server) => {
+            let (t, kv_error) = nats::NatsTransport::new(server.port).await;
+            if let Some(e) = kv_error {
+                notes.push(format!(
+                    "nats: JetStream KV unavailable ({e}), snapshot n/a"
+                ));
+            }
+            rows.extend(run_system(&t, server.child.id(), workloads, opts.scale, None).await);
+        }
+        Err(e) => notes.push(format!("nats-server: absent ({e})")),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(rows)
+}
+
+/// The median of each figure over runs, per (workload, system).
+fn medians(runs: Vec<Vec<Row>>) -> Vec<Row> {
+    let mut out: Vec<Row> = Vec::new();
+    let Some(first) = runs.first() else {
+        return out;
+    };
+    for r in first {
+        let mut row = r.clone();
+        for (k, v) in row.figures.iter_mut() {
+            let mut vals: Vec<f64> = runs
+                .iter()
+                .filter_map(|run| {
+                    run.iter()
+                        .find(|x| x.workload == r.workload && x.system == r.system)
+                })
+                .filter_map(|x| x.get(k))
+                .collect();
+            vals.sort_by(|a, b| a.total_cmp(b));
+            if !vals.is_empty() {
+                *v = vals[vals.len() / 2];
+            }
+        }
+        out.push(row);
+    }
+    out
+}
+
+/// Adds `<metric>_vs_<peer>` to each avbus row: how many times better avbus is
+/// (peer/avbus for latencies and times, avbus/peer for rates; above 1 = avbus
+/// better), and `p50_x_relay_floor` to `rtt`.
+fn ratios(rows: &mut [Row]) {
+    let find = |rows: &[Row], w: &str, s: &str, k: &str| {
+        rows.iter()
+            .find(|r| r.workload == w && r.system == s)
+            .and_then(|r| r.get(k))
+    };
+    let mut extra: Vec<(usize, String, f64)> = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        if r.system != "avbus" {
+            continue;
+        }
+        for (w, k, lower_better) in PRIMARY {
+            if r.workload != *w {
+                continue;
+            }
+            let Some(mine) = r.get(k) else { continue };
+            for peer in ["mosquitto", "nats"] {
+                if let Some(theirs) = find(rows, w, peer, k) {
+                    if mine > 0.0 && theirs > 0.0 {
+                        let ratio = if *lower_better {
+                            theirs / mine
+                        } else {
+                            mine / theirs
+                        };
+                        extra.push((i, format!("{k}_vs_{peer}"), (ratio * 100.0).round() / 100.0));
+                    }
+                }
+            }
+            if *w == "rtt" && *k == "p50_us" {
+                if let Some(floor) = find(rows, "rtt", "floor-relay", "p50_us") {
+                    extra.push((
+                        i,
+                        "p50_x_relay_floor".into(),
+                        (mine / floor * 100.0).round() / 100.0,
+                    ));
+                }
+            }
+        }
+    }
+    for (i, k, v) in extra {
+        rows[i].figures.push((k, v));
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+async fn bench(args: &[String]) -> Result<(), String> {
+    let opts = parse(args)?;
+    let workloads: Vec<&str> = WORKLOADS
+        .iter()
+        .copied()
+        .filter(|w| opts.workloads.is_empty() || opts.workloads.iter().any(|x| x == w))
+        .collect();
+    let mut notes = Vec::new();
+    let mut runs = Vec::new();
+    for run in 0..opts.runs.max(1) {
+        eprintln!("run {}/{}", run + 1, opts.runs.max(1));
+        runs.push(one_run(&opts, &workloads, &mut notes).await?);
+    }
+    notes.dedup();
+    let mut rows = medians(runs);
+    ratios(&mut rows);
+    let mut report = format!(
+        "Machine: {}. Scale {}, {} run(s) (medians), {}.\n",
+        machine(),
+        fmt_num(opts.scale),
+        opts.runs.max(1),
+        std::process::Command::new("date")
+            .arg("-u")
+            .arg("+%Y-%m-%d")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    );
+    for n in &notes {
+        report.push_str(&format!("\n- {n}"));
+    }
+    report.push_str(&table(&rows));
+    println!("{report}");
+    for r in &rows {
+        println!("{}", r.line());
+    }
+    if let Some(out) = &opts.out {
+        std::fs::write(out, &report).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    Ok(())
+}
+
+/// Serves something on 127.0.0.1 (a free port) and prints the ready line the bench
+/// waits for; extra arguments (`--listen`, `--log-level`) are accepted and ignored.
+async fn serve_floor(relay: bool) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("{{\"ready\":{{\"tcp\":\"{addr}\"}}}}");
+    if relay {
+        floor::serve_relay(listener).await;
+    } else {
+        floor::serve_echo(listener).await;
+    }
+    Ok(())
+}
+
+async fn serve_avbus() -> Result<(), String> {
+    let mut cfg = avbus::config::Config::default();
+    cfg.listen.tcp = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
+    avbus::bus::serve(
+        cfg,
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+        |h| {
+            println!("{}", avbus::bus::ready_line(h));
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let r = rt.block_on(async {
+        match args.first().map(String::as_str) {
+            Some("serve-avbus") => serve_avbus().await,
+            Some("echo") => serve_floor(false).await,
+            Some("relay") => serve_floor(true).await,
+            _ => bench(&args).await,
+        }
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("avbus-peers-bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
