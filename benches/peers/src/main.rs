@@ -415,10 +415,16 @@ async fn serve_avbus() -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // AVBUS_THREADS=1 runs the bus under test on a single-threaded runtime (an
+    // experiment knob; the default is tokio's multi-threaded runtime, as `avbus serve`).
+    let single = args.first().map(String::as_str) == Some("serve-avbus")
+        && std::env::var("AVBUS_THREADS").as_deref() == Ok("1");
+    let built = if single {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{e}");
