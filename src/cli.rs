@@ -117,7 +117,7 @@ pub enum Command {
         #[arg(long)]
         bus: Option<String>,
         /// Workloads to run (repeatable): rtt, throughput, fanout, fanin, snapshot,
-        /// command. Default: all.
+        /// site, connections, command. Default: all.
         #[arg(long = "workload")]
         workloads: Vec<String>,
         /// Multiply message counts and durations (e.g. 0.1 for a quick run).

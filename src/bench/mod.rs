@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
 pub use self::avbus::{command, AvbusTransport};
-pub use workloads::{fanin, fanout, rtt, snapshot, throughput};
+pub use workloads::{connections, fanin, fanout, rtt, site, snapshot, throughput};
 
 /// Payload size of every benchmark message, as in the peers' workloads.
 pub const PAYLOAD: usize = 64;
@@ -124,6 +124,8 @@ pub const WORKLOADS: &[&str] = &[
     "fanout",
     "fanin",
     "snapshot",
+    "site",
+    "connections",
     "command",
 ];
 
@@ -179,8 +181,9 @@ pub fn scaled(n: u64, scale: f64) -> u64 {
     ((n as f64 * scale).round() as u64).max(1)
 }
 
-/// Runs one workload on `t`; `None` when the system cannot run it (no retained state
-/// for `snapshot`; `command` needs avbus devices and is run by [`run`]).
+/// Runs one workload on `t`; `None` when it cannot run here (`snapshot` without
+/// retained state, `connections` without the broker's process id; `command` needs
+/// avbus devices and is run by [`run`]).
 ///
 /// # Errors
 /// A transport error that stopped the workload.
@@ -188,13 +191,16 @@ pub async fn run_workload(
     t: &dyn Transport,
     workload: &str,
     scale: f64,
+    broker_pid: Option<u32>,
 ) -> Result<Option<Row>, String> {
-    Ok(Some(match workload {
-        "rtt" => rtt(t, scale).await?,
-        "throughput" => throughput(t, scale).await?,
-        "fanout" => fanout(t, scale).await?,
-        "fanin" => fanin(t, scale).await?,
-        "snapshot" if t.retains() => snapshot(t, scale).await?,
+    Ok(Some(match (workload, broker_pid) {
+        ("rtt", _) => rtt(t, scale).await?,
+        ("throughput", _) => throughput(t, scale).await?,
+        ("fanout", _) => fanout(t, scale).await?,
+        ("fanin", _) => fanin(t, scale).await?,
+        ("snapshot", _) if t.retains() => snapshot(t, scale).await?,
+        ("site", _) => site(t, scale).await?,
+        ("connections", Some(pid)) => connections(t, scale, pid).await?,
         _ => return Ok(None),
     }))
 }
@@ -233,7 +239,7 @@ pub async fn run(addr: &str, bus_pid: Option<u32>, cfg: &BenchConfig) -> Result<
         let cpu0 = bus_pid.and_then(cpu_ms);
         let row = match *w {
             "command" => Some(command(addr, cfg.scale).await?),
-            other => run_workload(&t, other, cfg.scale).await?,
+            other => run_workload(&t, other, cfg.scale, bus_pid).await?,
         };
         let Some(mut row) = row else { continue };
         add_cpu(&mut row, cpu0, bus_pid.and_then(cpu_ms));

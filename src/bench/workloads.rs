@@ -277,3 +277,182 @@ pub async fn snapshot(t: &dyn Transport, scale: f64) -> Result<Row, String> {
         ],
     ))
 }
+
+/// Resident memory of a process in KiB, from `/proc/<pid>/status`.
+fn rss_kib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Open files this process may have, from `/proc/self/limits`.
+fn fd_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// `connections`: 10,000 idle connections; the broker's resident memory per
+/// connection (it must run as its own process: `pid`).
+pub async fn connections(t: &dyn Transport, scale: f64, pid: u32) -> Result<Row, String> {
+    let n = scaled(10_000, scale);
+    let need = n + 256;
+    if fd_limit().is_some_and(|l| l < need) {
+        return Ok(Row::new(
+            "connections",
+            t.system(),
+            vec![
+                ("connections", n as f64),
+                ("fd_limit_too_low", fd_limit().unwrap_or(0) as f64),
+            ],
+        ));
+    }
+    let before = rss_kib(pid).ok_or("cannot read the broker's RSS")?;
+    let mut conns = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        conns.push(t.connect(&format!("bench-idle-{i}")).await?);
+    }
+    // Let the broker settle (its per-connection allocations happen at handshake).
+    conns[0].flush().await?;
+    let after = rss_kib(pid).ok_or("cannot read the broker's RSS")?;
+    for c in &conns {
+        c.close().await;
+    }
+    let per = (after - before) / n as f64;
+    Ok(Row::new(
+        "connections",
+        t.system(),
+        vec![
+            ("connections", n as f64),
+            ("broker_rss_mib", (after / 1024.0 * 10.0).round() / 10.0),
+            ("kib_per_connection", (per * 100.0).round() / 100.0),
+        ],
+    ))
+}
+
+/// `site`: 5,000 devices × 20 controls retained, 300 panels with wildcard filters
+/// (250 room panels `rNNN/#`, 50 `+/dNN/cNN`), updates at 10,000/s for 5 s:
+/// delivered/s, loss and update-to-panel latency. Wildcard panel `j` watches one
+/// control across all rooms: device `j % 20`, control `j / 20`.
+pub async fn site(t: &dyn Transport, scale: f64) -> Result<Row, String> {
+    const ROOMS: u64 = 250;
+    const DEVICES_PER_ROOM: u64 = 20;
+    const CONTROLS: u64 = 20;
+    const PANELS: u64 = 300;
+    const RATE: u64 = 10_000;
+    let topic = |r: u64, d: u64, c: u64| format!("r{r:03}/d{d:02}/c{c:02}");
+    let filter = |p: u64| {
+        if p < ROOMS {
+            format!("r{p:03}/#")
+        } else {
+            let j = p - ROOMS;
+            format!(
+                "+/d{:02}/c{:02}",
+                j % DEVICES_PER_ROOM,
+                j / DEVICES_PER_ROOM
+            )
+        }
+    };
+    let retained = t.retains();
+    let seed = t.connect("bench-site-seed").await?;
+    if retained {
+        let old = Bytes::from(vec![0u8; super::PAYLOAD]);
+        for r in 0..ROOMS {
+            for d in 0..DEVICES_PER_ROOM {
+                for c in 0..CONTROLS {
+                    seed.publish(&topic(r, d, c), old.clone(), true).await?;
+                }
+            }
+        }
+        seed.flush().await?;
+    }
+    // Each panel first takes its snapshot (when the system keeps state), then
+    // counts live updates until told to stop.
+    let secs = (5.0 * scale).max(0.5);
+    let n = (RATE as f64 * secs) as u64;
+    let hist = Arc::new(Mutex::new(histogram()));
+    let mut tasks = Vec::new();
+    let mut panels = Vec::new();
+    for p in 0..PANELS {
+        let c = t.connect(&format!("bench-site-panel-{p}")).await?;
+        let mut rx = c.subscribe(&filter(p)).await?;
+        let snap = match (retained, p < ROOMS) {
+            (false, _) => 0,
+            (true, true) => DEVICES_PER_ROOM * CONTROLS,
+            (true, false) => ROOMS,
+        };
+        for _ in 0..snap {
+            if recv(&mut rx).await.is_none() {
+                return Err(format!("site: panel {p} did not get its snapshot"));
+            }
+        }
+        let hist = hist.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut local = histogram();
+            let mut got = 0u64;
+            while let Some(payload) = recv(&mut rx).await {
+                if let Some(us) = age_us(&payload) {
+                    let _ = local.record(us.max(1));
+                }
+                got += 1;
+            }
+            if let Ok(mut h) = hist.lock() {
+                let _ = h.add(&local);
+            }
+            got
+        }));
+        panels.push(c);
+    }
+    // Updates spread over every control by a fixed pseudo-random walk; the number
+    // of panels each one reaches is counted as it is sent.
+    let p = t.connect("bench-site-pub").await?;
+    let mut expected = 0u64;
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut sent = 0;
+    while sent < n {
+        tick.tick().await;
+        for _ in 0..RATE / 1000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (r, d, c) = (
+                x % ROOMS,
+                (x / ROOMS) % DEVICES_PER_ROOM,
+                (x / 5000) % CONTROLS,
+            );
+            // The room's panel, and the wildcard panel watching (d, c) if any.
+            expected += 1 + u64::from(c * DEVICES_PER_ROOM + d < PANELS - ROOMS);
+            p.publish(&topic(r, d, c), stamp(), true).await?;
+            sent += 1;
+        }
+    }
+    let mut got = 0;
+    for task in tasks {
+        got += task.await.unwrap_or(0);
+    }
+    // Panels stop after WAIT of silence; leave that out of the rate.
+    let elapsed = (started.elapsed() - WAIT).as_secs_f64().max(1e-3);
+    for c in panels {
+        c.close().await;
+    }
+    p.close().await;
+    seed.close().await;
+    let h = hist
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| histogram());
+    Ok(Row::new(
+        "site",
+        t.system(),
+        vec![
+            ("updates", n as f64),
+            ("delivered", got as f64),
+            ("delivered_per_s", (got as f64 / elapsed).round()),
+            ("loss", expected.saturating_sub(got) as f64),
+            ("p50_us", h.value_at_quantile(0.5) as f64),
+            ("p99_us", h.value_at_quantile(0.99) as f64),
+        ],
+    ))
+}

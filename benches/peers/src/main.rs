@@ -18,15 +18,7 @@ use avbus::bench::{
     add_cpu, command, cpu_ms, fmt_num, run_workload, table, AvbusTransport, OwnBus, Row, Transport,
 };
 
-/// Workloads every system runs (`command` is avbus only).
-const WORKLOADS: &[&str] = &[
-    "rtt",
-    "throughput",
-    "fanout",
-    "fanin",
-    "snapshot",
-    "command",
-];
+use avbus::bench::WORKLOADS;
 
 /// For each workload, the figure that decides it and whether lower is better.
 const PRIMARY: &[(&str, &str, bool)] = &[
@@ -36,6 +28,8 @@ const PRIMARY: &[(&str, &str, bool)] = &[
     ("fanout", "p99_us", true),
     ("fanin", "msgs_per_s", false),
     ("snapshot", "ms", true),
+    ("site", "p99_us", true),
+    ("connections", "kib_per_connection", true),
 ];
 
 struct Opts {
@@ -185,7 +179,7 @@ async fn run_system(
         let r = match (*w, addr) {
             ("command", Some(addr)) => command(addr, scale).await.map(Some),
             ("command", None) => Ok(None),
-            (other, _) => run_workload(t, other, scale).await,
+            (other, _) => run_workload(t, other, scale, Some(pid)).await,
         };
         match r {
             Ok(Some(mut row)) => {
@@ -420,9 +414,13 @@ fn main() -> ExitCode {
     let single = args.first().map(String::as_str) == Some("serve-avbus")
         && std::env::var("AVBUS_THREADS").as_deref() == Ok("1");
     let built = if single {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
     };
     let rt = match built {
         Ok(rt) => rt,
