@@ -10,4 +10,8 @@
 //! * [`demo`]: `avbus demo` itself.
 
 pub mod demo;
+pub mod extron;
+pub mod pjlink;
+pub mod qrc;
 pub mod virtual_room;
+pub mod visca;

@@ -1,0 +1,4 @@
+//! Placeholder: the extron simulator and protocol codec are being written.
+
+pub mod proto;
+pub mod sim;
