@@ -11,6 +11,7 @@
 
 pub mod demo;
 pub mod extron;
+pub mod kit;
 pub mod pjlink;
 pub mod qrc;
 pub mod virtual_room;

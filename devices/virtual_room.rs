@@ -1,5 +1,6 @@
 //! A virtual room: three simulated devices with typed controls that answer commands
-//! and change over time, run as an ordinary adapter over the client library.
+//! and change over time, each driven through the adapter kit ([`super::kit`]) like a
+//! real device — the "hardware" is an in-memory model that ticks on its own.
 //!
 //! * `<room>/projector` (class projector): `power` enum with timed `warming` and
 //!   `cooling` transitions, `input` enum, `lamp_hours` read-only int ticking up;
@@ -13,10 +14,13 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, ClientOptions, ConnectionEvent, Error, IncomingCommand};
-use crate::model::{
-    Access, ControlKind, ControlSpec, DeviceDescriptor, EnumOption, Quality, Taper,
-};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+
+use super::kit::{Changes, CommandFailure, DeviceCommand, DeviceError, Driver, Host, Timing};
+use crate::client::{Client, ClientOptions, Error};
+use crate::model::{Access, ControlKind, ControlSpec, DeviceDescriptor, EnumOption, Taper};
 use crate::protocol::{CommandOp, ErrorCode, Role};
 use crate::value::{as_number, Value};
 
@@ -226,6 +230,13 @@ impl Room {
             (self.t("camera/pan_left"), Value::Boolean(self.pan_dir < 0)),
             (self.t("camera/pan_right"), Value::Boolean(self.pan_dir > 0)),
             (self.t("camera/pan"), Value::from(self.pan)),
+            (
+                self.t("mixer/level"),
+                Value::Array(vec![
+                    Value::F64(self.signal()),
+                    Value::F64(self.signal() - 1.5),
+                ]),
+            ),
         ]
     }
 
@@ -268,7 +279,7 @@ impl Room {
             }
             ("mixer/mute", CommandOp::Set) => {
                 self.mute = value.as_bool().unwrap_or(self.mute);
-                vec!["mixer/mute", "mixer/signal"]
+                vec!["mixer/mute", "mixer/signal", "mixer/level"]
             }
             ("mixer/label", CommandOp::Set) => {
                 self.label = value.as_str().unwrap_or_default().into();
@@ -327,6 +338,7 @@ impl Room {
         }
         self.phase += 0.4;
         changed.push(self.t("mixer/signal"));
+        changed.push(self.t("mixer/level"));
         if self.pan_dir != 0 {
             let next = (self.pan + 5 * self.pan_dir).clamp(-170, 170);
             if next != self.pan {
@@ -338,76 +350,130 @@ impl Room {
     }
 }
 
-async fn publish(client: &Client, room: &Room, topics: &[String]) -> Result<(), Error> {
-    for (topic, value) in room.values() {
-        if topics.contains(&topic) {
-            client.publish_state(&topic, value, Quality::Ok).await?;
-        }
-    }
-    Ok(())
+/// The simulated hardware of a room, shared by its three drivers; it changes by
+/// itself every [`TICK`] and announces what changed.
+struct Hardware {
+    room: Mutex<Room>,
+    changes: broadcast::Sender<Vec<String>>,
 }
 
-async fn publish_all(client: &Client, room: &Room) -> Result<(), Error> {
-    let all: Vec<String> = room.values().into_iter().map(|(t, _)| t).collect();
-    publish(client, room, &all).await?;
-    let signal = room.signal();
-    let level = Value::Array(vec![Value::F64(signal), Value::F64(signal - 1.5)]);
-    client
-        .publish_state(&room.t("mixer/level"), level, Quality::Ok)
-        .await
+impl Hardware {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Room> {
+        self.room.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
-async fn command(client: &Client, room: &mut Room, cmd: IncomingCommand) -> Result<(), Error> {
-    let c = &cmd.command;
-    let control = c
-        .topic
-        .strip_prefix(&format!("{}/", room.room))
-        .unwrap_or(&c.topic)
-        .to_owned();
-    match room.apply(&control, c.op, &c.value) {
-        Ok(changed) => {
-            // State first, then the answer: a panel that gets `ok` already holds the
-            // new value.
-            publish(client, room, &changed).await?;
-            cmd.ok(Value::Nil).await;
-        }
-        Err((code, message)) => cmd.fail(code, message).await,
+/// One virtual device, driven through the adapter kit like a real one.
+pub struct VirtualDevice {
+    hw: Arc<Hardware>,
+    desc: DeviceDescriptor,
+    events: broadcast::Receiver<Vec<String>>,
+}
+
+impl VirtualDevice {
+    fn name(&self) -> &str {
+        &self.desc.name
     }
-    Ok(())
+
+    /// This device's values among `topics` (all of them when `None`).
+    fn values(&self, topics: Option<&[String]>) -> Changes {
+        let prefix = format!("{}/{}/", self.desc.room, self.desc.name);
+        self.hw
+            .lock()
+            .values()
+            .into_iter()
+            .filter(|(t, _)| topics.is_none_or(|ts| ts.contains(t)))
+            .filter_map(|(t, v)| Some((t.strip_prefix(&prefix)?.to_owned(), v)))
+            .collect()
+    }
+}
+
+impl Driver for VirtualDevice {
+    fn descriptor(&self) -> DeviceDescriptor {
+        self.desc.clone()
+    }
+
+    fn timing(&self) -> Timing {
+        Timing {
+            poll: Duration::from_secs(30),
+            ..Timing::default()
+        }
+    }
+
+    async fn connect(&mut self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
+    async fn poll(&mut self) -> Result<Changes, DeviceError> {
+        Ok(self.values(None))
+    }
+
+    async fn execute(
+        &mut self,
+        command: &DeviceCommand,
+    ) -> Result<Result<Changes, CommandFailure>, DeviceError> {
+        let path = format!("{}/{}", self.name(), command.control);
+        let applied = self.hw.lock().apply(&path, command.op, &command.value);
+        Ok(match applied {
+            Ok(changed) => Ok(self.values(Some(&changed))),
+            Err((code, message)) => Err(CommandFailure::new(code, message)),
+        })
+    }
+
+    async fn next_event(&mut self) -> Result<Changes, DeviceError> {
+        loop {
+            match self.events.recv().await {
+                Ok(topics) => {
+                    let changes = self.values(Some(&topics));
+                    if !changes.is_empty() {
+                        return Ok(changes);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => return Ok(self.values(None)),
+                Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        }
+    }
 }
 
 /// Runs a virtual room as an adapter on `opts` until `cancel` fires.
 ///
 /// # Errors
-/// The client error if the first connection or a declaration fails.
+/// The client error if the first connection fails.
 pub async fn run(opts: ClientOptions, room: &str, cancel: CancellationToken) -> Result<(), Error> {
     let client = Client::connect(opts.role(Role::Adapter)).await?;
-    let mut commands = client.commands().await;
-    let mut events = client.events();
-    for d in descriptors(room) {
-        client.declare(d, true).await?;
-    }
-    let mut state = Room::new(room);
-    publish_all(&client, &state).await?;
-    let mut tick = tokio::time::interval(TICK);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            Some(cmd) = commands.recv() => command(&client, &mut state, cmd).await?,
-            // After a reconnect the bus marks values stale until they are published.
-            Ok(ev) = events.recv() => {
-                if let ConnectionEvent::Connected { .. } = ev {
-                    publish_all(&client, &state).await?;
+    let host = Host::start(client.clone()).await;
+    let (changes, _) = broadcast::channel(64);
+    let hw = Arc::new(Hardware {
+        room: Mutex::new(Room::new(room)),
+        changes,
+    });
+    let ticker = hw.clone();
+    let tick_cancel = cancel.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = tick_cancel.cancelled() => return,
+                _ = tick.tick() => {
+                    let changed = ticker.lock().tick();
+                    let _ = ticker.changes.send(changed);
                 }
             }
-            _ = tick.tick() => {
-                let changed = state.tick();
-                publish(&client, &state, &changed).await?;
-                let signal = state.signal();
-                let level = Value::Array(vec![Value::F64(signal), Value::F64(signal - 1.5)]);
-                client.publish_state(&state.t("mixer/level"), level, Quality::Ok).await?;
-            }
         }
+    });
+    let mut tasks = Vec::new();
+    for desc in descriptors(room) {
+        let hw = hw.clone();
+        let make = move || VirtualDevice {
+            events: hw.changes.subscribe(),
+            hw: hw.clone(),
+            desc: desc.clone(),
+        };
+        tasks.push(host.spawn(make, cancel.clone()));
+    }
+    for t in tasks {
+        let _ = t.await;
     }
     client.close().await;
     Ok(())
