@@ -14,5 +14,6 @@ pub mod extron;
 pub mod kit;
 pub mod pjlink;
 pub mod qrc;
+pub mod registry;
 pub mod virtual_room;
 pub mod visca;

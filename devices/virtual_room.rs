@@ -358,6 +358,29 @@ struct Hardware {
 }
 
 impl Hardware {
+    /// Starts a room's hardware ticking until `cancel`.
+    fn start(room: &str, cancel: CancellationToken) -> Arc<Hardware> {
+        let (changes, _) = broadcast::channel(64);
+        let hw = Arc::new(Hardware {
+            room: Mutex::new(Room::new(room)),
+            changes,
+        });
+        let ticker = hw.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {
+                        let changed = ticker.lock().tick();
+                        let _ = ticker.changes.send(changed);
+                    }
+                }
+            }
+        });
+        hw
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Room> {
         self.room.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -436,6 +459,46 @@ impl Driver for VirtualDevice {
     }
 }
 
+/// Checks a `[[device]] driver = "virtual"` entry: its name picks the simulated
+/// device (`projector`, `mixer` or `camera`); no host or port.
+///
+/// # Errors
+/// A message naming the key.
+pub fn check(d: &crate::config::DeviceConfig) -> Result<(), String> {
+    if !["projector", "mixer", "camera"].contains(&d.name.as_str()) {
+        return Err(format!(
+            "driver \"virtual\" simulates a projector, mixer or camera: name = {:?}",
+            d.name
+        ));
+    }
+    if d.host.is_some() || d.port.is_some() || d.password.is_some() {
+        return Err("driver \"virtual\" takes no host, port or password".into());
+    }
+    Ok(())
+}
+
+/// Starts one configured virtual device (with its own simulated hardware) on `host`.
+pub fn spawn(
+    host: &Host,
+    d: &crate::config::DeviceConfig,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let hw = Hardware::start(&d.room, cancel.clone());
+    let mut desc = descriptors(&d.room)
+        .into_iter()
+        .find(|x| x.name == d.name)
+        .unwrap_or_else(|| descriptors(&d.room).remove(0));
+    if let Some(label) = &d.label {
+        desc.label = label.clone();
+    }
+    let make = move || VirtualDevice {
+        events: hw.changes.subscribe(),
+        hw: hw.clone(),
+        desc: desc.clone(),
+    };
+    host.spawn(make, cancel)
+}
+
 /// Runs a virtual room as an adapter on `opts` until `cancel` fires.
 ///
 /// # Errors
@@ -443,25 +506,7 @@ impl Driver for VirtualDevice {
 pub async fn run(opts: ClientOptions, room: &str, cancel: CancellationToken) -> Result<(), Error> {
     let client = Client::connect(opts.role(Role::Adapter)).await?;
     let host = Host::start(client.clone()).await;
-    let (changes, _) = broadcast::channel(64);
-    let hw = Arc::new(Hardware {
-        room: Mutex::new(Room::new(room)),
-        changes,
-    });
-    let ticker = hw.clone();
-    let tick_cancel = cancel.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(TICK);
-        loop {
-            tokio::select! {
-                _ = tick_cancel.cancelled() => return,
-                _ = tick.tick() => {
-                    let changed = ticker.lock().tick();
-                    let _ = ticker.changes.send(changed);
-                }
-            }
-        }
-    });
+    let hw = Hardware::start(room, cancel.clone());
     let mut tasks = Vec::new();
     for desc in descriptors(room) {
         let hw = hw.clone();

@@ -46,6 +46,14 @@ pub enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Run the configured devices' adapters as their own process, connected to a bus.
+    Adapter {
+        #[command(flatten)]
+        bus: BusArg,
+        /// TOML file with `[[device]]` entries (the same as `avbus serve` takes).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Run the bus with simulated devices and print a tour.
     Demo {
         /// TCP listen address (default 127.0.0.1:7420, or a free port if taken).
@@ -367,7 +375,9 @@ async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
             outln!("{}", crate::bench::table(&rows));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { .. } | Command::Demo { .. } => Ok(ExitCode::from(2)),
+        Command::Serve { .. } | Command::Demo { .. } | Command::Adapter { .. } => {
+            Ok(ExitCode::from(2))
+        }
     }
 }
 

@@ -18,9 +18,37 @@ pub struct Config {
     pub session: SessionConfig,
     pub commands: CommandConfig,
     pub sys: SysConfig,
-    /// Devices hosted inside the bus (`[[device]]`); filled in by the devices issue.
+    /// Devices whose adapters run inside the bus (`avbus serve`) or in an adapter
+    /// process (`avbus adapter`): one `[[device]]` table each.
     #[serde(rename = "device")]
-    pub devices: Vec<toml::Table>,
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// One `[[device]]` entry: which device, which driver, how to reach it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Room (first topic level).
+    pub room: String,
+    /// Device name (second topic level); `room/name` is the device's address.
+    pub name: String,
+    /// Which adapter speaks to it.
+    pub driver: String,
+    /// Label shown on panels (defaults to the driver's).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Device (or IP-to-serial gateway) address.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Device port (defaults to the protocol's).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Device password, where the protocol has one.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Poll interval in ms (defaults to the driver's).
+    #[serde(default)]
+    pub poll_ms: Option<u64>,
 }
 
 /// Where the bus listens.
@@ -218,12 +246,18 @@ impl Config {
                 return Err(format!("{key} must be greater than 0"));
             }
         }
-        if !self.devices.is_empty() {
-            return Err(
-                "[[device]] entries: hosted device adapters are not available in this \
-                        build yet (see README, \"Not yet\")"
-                    .into(),
-            );
+        let mut seen = std::collections::HashSet::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            let at = format!("[[device]] #{} ({}/{})", i + 1, d.room, d.name);
+            crate::model::check_level("room", &d.room).map_err(|e| format!("{at}: {e}"))?;
+            crate::model::check_level("name", &d.name).map_err(|e| format!("{at}: {e}"))?;
+            if !seen.insert((d.room.as_str(), d.name.as_str())) {
+                return Err(format!("{at}: declared twice"));
+            }
+            if d.poll_ms == Some(0) {
+                return Err(format!("{at}: poll_ms must be greater than 0"));
+            }
+            crate::devices::registry::check(d).map_err(|e| format!("{at}: {e}"))?;
         }
         if l.max_frame_bytes > u32::MAX as usize {
             return Err("limits.max_frame_bytes must fit in 32 bits".into());

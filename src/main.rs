@@ -2,7 +2,13 @@
 
 use std::process::ExitCode;
 
+use std::time::Duration;
+
+use avbus::client::{Client, ClientOptions};
+use avbus::devices::registry::host_all;
+use avbus::protocol::Role;
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use avbus::cli::{run_tool, serve_config, Cli, Command};
@@ -42,10 +48,58 @@ async fn shutdown_signal() {
     }
 }
 
+/// `avbus serve`: the bus, with the configured devices' adapters hosted in-process
+/// (each on the same protocol as an external adapter, through an in-process pipe).
+async fn serve(cfg: avbus::config::Config) -> Result<(), String> {
+    let devices = cfg.devices.clone();
+    let handle = avbus::bus::start(cfg).await.map_err(|e| e.to_string())?;
+    println!("{}", avbus::bus::ready_line(&handle));
+    let cancel = CancellationToken::new();
+    let hosted = if devices.is_empty() {
+        None
+    } else {
+        let opts = ClientOptions::local(handle.local(), "hosted-adapters").role(Role::Adapter);
+        let client = Client::connect(opts).await.map_err(|e| e.to_string())?;
+        let c = cancel.clone();
+        Some(tokio::spawn(
+            async move { host_all(client, &devices, c).await },
+        ))
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    cancel.cancel();
+    if let Some(h) = hosted {
+        let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+    }
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// `avbus adapter`: the configured devices' adapters as their own process, over TCP.
+async fn adapter(bus: &str, cfg: avbus::config::Config) -> Result<(), String> {
+    if cfg.devices.is_empty() {
+        return Err("the config file has no [[device]] entries".into());
+    }
+    let opts = ClientOptions::tcp(bus, "adapter").role(Role::Adapter);
+    let client = Client::connect(opts)
+        .await
+        .map_err(|e| format!("{bus}: {e}"))?;
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    let devices = cfg.devices.clone();
+    let hosted = tokio::spawn(async move { host_all(client, &devices, c).await });
+    shutdown_signal().await;
+    cancel.cancel();
+    match tokio::time::timeout(Duration::from_secs(5), hosted).await {
+        Ok(Ok(r)) => r,
+        _ => Ok(()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Serve { .. } | Command::Demo { .. } => "info",
+        Command::Serve { .. } | Command::Demo { .. } | Command::Adapter { .. } => "info",
         _ => "warn",
     };
     init_logs(cli.log_level.as_deref(), default_level);
@@ -69,14 +123,26 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
-                let r = avbus::bus::serve(cfg, shutdown_signal(), |h| {
-                    println!("{}", avbus::bus::ready_line(h));
-                })
-                .await;
-                match r {
+                match serve(cfg).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("avbus: {e}");
+                        ExitCode::from(2)
+                    }
+                }
+            }
+            Command::Adapter { bus, config } => {
+                let cfg = match avbus::config::Config::load(&config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("avbus: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                match adapter(&bus.bus, cfg).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("avbus adapter: {e}");
                         ExitCode::from(2)
                     }
                 }

@@ -1,0 +1,64 @@
+//! The drivers an installation can name in `[[device]]`, and how a configured device
+//! is started on an adapter [`Host`].
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::kit::Host;
+use super::virtual_room;
+use crate::config::DeviceConfig;
+
+/// Driver names accepted in `[[device]] driver = "..."`.
+pub const DRIVERS: &[&str] = &["virtual"];
+
+/// Checks a `[[device]]` entry against its driver's needs.
+///
+/// # Errors
+/// A message naming the key that is wrong or missing.
+pub fn check(d: &DeviceConfig) -> Result<(), String> {
+    match d.driver.as_str() {
+        "virtual" => virtual_room::check(d),
+        other => Err(format!(
+            "unknown driver {other:?} (known: {})",
+            DRIVERS.join(", ")
+        )),
+    }
+}
+
+/// Starts the configured device on `host` until `cancel`.
+///
+/// # Errors
+/// The same as [`check`].
+pub fn spawn(
+    host: &Host,
+    d: &DeviceConfig,
+    cancel: CancellationToken,
+) -> Result<JoinHandle<()>, String> {
+    check(d)?;
+    match d.driver.as_str() {
+        "virtual" => Ok(virtual_room::spawn(host, d, cancel)),
+        other => Err(format!("unknown driver {other:?}")),
+    }
+}
+
+/// Connects `client` as an adapter host and starts every configured device;
+/// resolves when `cancel` fires and every device task has ended.
+///
+/// # Errors
+/// A device entry its driver refuses.
+pub async fn host_all(
+    client: crate::client::Client,
+    devices: &[DeviceConfig],
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    let host = Host::start(client.clone()).await;
+    let mut tasks = Vec::new();
+    for d in devices {
+        tasks.push(spawn(&host, d, cancel.clone())?);
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    client.close().await;
+    Ok(())
+}
