@@ -1,1 +1,1027 @@
-//! Protocol codec (in progress).
+//! The PJLink wire codec: every byte the simulator and the adapter exchange.
+//!
+//! A line is parsed with [`parse_line`] (without its CR) into a [`Message`], in either
+//! direction, and written with [`format_line`] or [`write_line`] (with its CR). Values
+//! inside replies have typed helpers ([`PowerState`], [`InputCode`], [`AvMute`],
+//! [`ErrorStatus`], [`Lamp`], [`MacAddress`], [`Notification`]). Malformed input is a
+//! [`ProtoError`]: its [`ErrorKind`] and the offending bytes, escaped. Nothing here
+//! panics on any input, and [`next_line`] bounds what an unterminated line may buffer.
+//! The sources are listed in [`crate::devices::pjlink`].
+
+use std::fmt;
+
+use bytes::{Bytes, BytesMut};
+use md5::{Digest as _, Md5};
+
+/// TCP (control) and UDP (search, notifications) port of every PJLink device.
+pub const DEFAULT_PORT: u16 = 4352;
+/// The line terminator in both directions.
+pub const CR: u8 = b'\r';
+/// Longest command or response line, CR included: `%`, class, body (4), separator,
+/// parameter (≤ 128), CR.
+pub const MAX_LINE: usize = 136;
+/// Longest parameter or reply value.
+pub const MAX_PARAM: usize = 128;
+/// Length of the MD5 digest (hex) in front of the first command when authenticating.
+pub const DIGEST_LEN: usize = 32;
+/// Longest line a reader must buffer: the first command may carry the digest in front.
+pub const MAX_FIRST_LINE: usize = DIGEST_LEN + MAX_LINE;
+/// Highest lamp hour count the spec's five digits carry.
+pub const MAX_LAMP_HOURS: u32 = 99_999;
+/// Most lamps a `LAMP ?` reply lists.
+pub const MAX_LAMPS: usize = 8;
+
+/// Bytes quoted and escaped for an error message: at most [`Escaped::SHOWN`] of them,
+/// then a count, so errors stay small whatever a peer sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Escaped(String);
+
+impl Escaped {
+    /// Bytes shown before the rest is only counted.
+    pub const SHOWN: usize = 64;
+
+    /// Escapes `bytes` (`\r`, `\x00`, …) in quotes.
+    pub fn new(bytes: &[u8]) -> Escaped {
+        let shown = &bytes[..bytes.len().min(Self::SHOWN)];
+        let mut s: String = shown.escape_ascii().to_string();
+        s.insert(0, '"');
+        s.push('"');
+        if bytes.len() > shown.len() {
+            s.push_str(&format!(" (+{} bytes)", bytes.len() - shown.len()));
+        }
+        Escaped(s)
+    }
+}
+
+impl fmt::Display for Escaped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What was wrong with a line or value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ErrorKind {
+    /// Longer than the spec allows, or than a reader buffers without a CR.
+    #[error("longer than PJLink allows")]
+    TooLong,
+    #[error("empty line")]
+    Empty,
+    /// CR, LF, NUL or another control byte inside the line.
+    #[error("control byte {byte:#04x} at offset {at}")]
+    ControlByte { byte: u8, at: usize },
+    #[error("no `%` or `PJLINK` at the start")]
+    MissingHeader,
+    #[error("class is not 1 or 2")]
+    BadClass,
+    #[error("command body is not 4 upper-case letters or digits")]
+    BadBody,
+    #[error("neither ` ` nor `=` after the command body")]
+    BadSeparator,
+    #[error("command without a parameter")]
+    MissingParameter,
+    #[error("parameter longer than {MAX_PARAM} bytes")]
+    ParameterTooLong,
+    #[error("parameter is not UTF-8")]
+    NotUtf8,
+    /// Not 32 hex digits directly followed by a command.
+    #[error("malformed authentication digest")]
+    BadDigest,
+    /// Not `PJLINK 0`, `PJLINK 1 <8 hex digits>` or `PJLINK ERRA`.
+    #[error("malformed greeting")]
+    BadGreeting,
+    /// A value that does not fit the typed helper reading it.
+    #[error("invalid {0}")]
+    BadValue(&'static str),
+}
+
+/// Why a line or value is not PJLink: the kind, and the offending bytes escaped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {line}")]
+pub struct ProtoError {
+    pub kind: ErrorKind,
+    pub line: Escaped,
+}
+
+impl ProtoError {
+    fn new(kind: ErrorKind, line: &[u8]) -> ProtoError {
+        let line = Escaped::new(line);
+        ProtoError { kind, line }
+    }
+}
+
+fn bad(what: &'static str, value: &str) -> ProtoError {
+    ProtoError::new(ErrorKind::BadValue(what), value.as_bytes())
+}
+
+fn no_control_bytes(bytes: &[u8]) -> Result<(), ProtoError> {
+    match bytes.iter().position(|&b| b < 0x20 || b == 0x7f) {
+        None => Ok(()),
+        Some(at) => {
+            let kind = ErrorKind::ControlByte {
+                byte: bytes[at],
+                at,
+            };
+            Err(ProtoError::new(kind, bytes))
+        }
+    }
+}
+
+/// Lowercase hex MD5 of `random` followed by `password`: the authentication digest.
+pub fn auth_digest(random: &str, password: &str) -> String {
+    let mut md5 = Md5::new();
+    md5.update(random.as_bytes());
+    md5.update(password.as_bytes());
+    md5.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Enums that are one code on the wire, with `as_str` and `parse`.
+macro_rules! codes {
+    ($(#[$m:meta])* $name:ident, $what:literal {
+        $($(#[$vm:meta])* $variant:ident = $code:literal,)*
+    }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($(#[$vm])* $variant,)* }
+
+        impl $name {
+            #[doc = concat!("The code on the wire.")]
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $code,)* }
+            }
+
+            #[doc = concat!("Reads the code of a ", $what, ".")]
+            pub fn parse(value: &str) -> Result<$name, ProtoError> {
+                match value { $($code => Ok($name::$variant),)* _ => Err(bad($what, value)) }
+            }
+        }
+    };
+}
+
+codes!(
+    /// The class a command is sent under: `%1` or `%2`.
+    Class, "class" { One = "1", Two = "2", }
+);
+
+codes!(
+    /// The device's error replies.
+    ErrorCode, "error code" {
+        /// `ERR1`: undefined command.
+        Undefined = "ERR1",
+        /// `ERR2`: out of parameter.
+        OutOfParameter = "ERR2",
+        /// `ERR3`: unavailable time (standby, warm-up, cool-down).
+        UnavailableTime = "ERR3",
+        /// `ERR4`: projector/display failure.
+        Failure = "ERR4",
+    }
+);
+
+codes!(
+    /// `POWR ?`.
+    PowerState, "power state" { Standby = "0", On = "1", Cooling = "2", WarmUp = "3", }
+);
+
+codes!(
+    /// The first character of an input code.
+    InputKind, "input kind" {
+        Rgb = "1", Video = "2", Digital = "3", Storage = "4", Network = "5",
+        /// Class 2 only.
+        Internal = "6",
+    }
+);
+
+codes!(
+    /// One `ERST` digit.
+    #[derive(Default)]
+    ErrorLevel, "error level" {
+        /// No error known.
+        #[default]
+        Ok = "0",
+        Warning = "1",
+        Error = "2",
+    }
+);
+
+codes!(
+    /// What an `AVMT` set command mutes.
+    MuteTarget, "mute target" { Video = "1", Audio = "2", Both = "3", }
+);
+
+/// A command body: four upper-case ASCII letters or digits (`POWR`, `INF1`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Body([u8; 4]);
+
+macro_rules! bodies {
+    ($($name:ident),* $(,)?) => {
+        $(#[doc = concat!("`", stringify!($name), "`")]
+        pub const $name: Body = Body(*stringify!($name).as_bytes().first_chunk::<4>().unwrap());)*
+    };
+}
+
+impl Body {
+    bodies!(
+        POWR, INPT, AVMT, ERST, LAMP, INST, NAME, INF1, INF2, INFO, CLSS, SNUM, SVER, INNM, IRES,
+        RRES, FILT, RLMP, RFIL, SVOL, MVOL, FREZ, SRCH, ACKN, LKUP,
+    );
+
+    /// Validates a body.
+    pub fn new(bytes: &[u8]) -> Result<Body, ProtoError> {
+        match <[u8; 4]>::try_from(bytes) {
+            Ok(b)
+                if b.iter()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) =>
+            {
+                Ok(Body(b))
+            }
+            _ => Err(ProtoError::new(ErrorKind::BadBody, bytes)),
+        }
+    }
+
+    /// The four letters.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever stored.
+        std::str::from_utf8(&self.0).unwrap_or("????")
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A parameter or reply value: at most 128 bytes of UTF-8 without control bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Text(String);
+
+impl Text {
+    /// Validates a value.
+    pub fn new(value: impl Into<String>) -> Result<Text, ProtoError> {
+        let value = value.into();
+        if value.len() > MAX_PARAM {
+            return Err(ProtoError::new(
+                ErrorKind::ParameterTooLong,
+                value.as_bytes(),
+            ));
+        }
+        no_control_bytes(value.as_bytes())?;
+        Ok(Text(value))
+    }
+
+    /// The value.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A command from controller to device: `%<class><body> <param>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub class: Class,
+    pub body: Body,
+    pub param: Text,
+}
+
+impl Command {
+    /// A command with a validated, non-empty parameter.
+    pub fn new(class: Class, body: Body, param: &str) -> Result<Command, ProtoError> {
+        if param.is_empty() {
+            return Err(ProtoError::new(ErrorKind::MissingParameter, &body.0));
+        }
+        let param = Text::new(param)?;
+        Ok(Command { class, body, param })
+    }
+
+    /// `%<class><body> ?`.
+    pub fn query(class: Class, body: Body) -> Command {
+        let param = Text("?".into());
+        Command { class, body, param }
+    }
+
+    /// Whether the parameter is `?`.
+    pub fn is_query(&self) -> bool {
+        self.param.as_str() == "?"
+    }
+}
+
+/// What follows `=` in a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `OK`: a set command succeeded.
+    Ok,
+    /// `ERR1`..`ERR4`.
+    Error(ErrorCode),
+    /// Anything else: a query's answer (possibly empty).
+    Value(Text),
+}
+
+/// A response from device to controller: `%<class><body>=<reply>`. Class 2 status
+/// notifications have the same form (see [`Notification`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub class: Class,
+    pub body: Body,
+    pub reply: Reply,
+}
+
+impl Response {
+    /// The response to `command`.
+    pub fn to(command: &Command, reply: Reply) -> Response {
+        let (class, body) = (command.class, command.body);
+        Response { class, body, reply }
+    }
+
+    /// The value of a [`Reply::Value`].
+    pub fn value(&self) -> Option<&str> {
+        match &self.reply {
+            Reply::Value(v) => Some(v.as_str()),
+            _ => None,
+        }
+    }
+}
+
+fn hex(value: &str, len: usize) -> bool {
+    value.len() == len && value.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The 8 hex digits a device challenges a controller with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthRandom(String);
+
+impl AuthRandom {
+    /// Validates 8 hex digits.
+    pub fn new(random: &str) -> Result<AuthRandom, ProtoError> {
+        match hex(random, 8) {
+            true => Ok(AuthRandom(random.to_owned())),
+            false => Err(bad("authentication random", random)),
+        }
+    }
+
+    /// A fresh challenge.
+    pub fn generate() -> AuthRandom {
+        AuthRandom(format!("{:08x}", fastrand::u32(..)))
+    }
+
+    /// The digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The 32 hex digits a controller puts in front of its first command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthDigest(String);
+
+impl AuthDigest {
+    /// Validates 32 hex digits.
+    pub fn new(digest: &str) -> Result<AuthDigest, ProtoError> {
+        match hex(digest, DIGEST_LEN) {
+            true => Ok(AuthDigest(digest.to_owned())),
+            false => Err(ProtoError::new(ErrorKind::BadDigest, digest.as_bytes())),
+        }
+    }
+
+    /// The digest for `random` and `password` ([`auth_digest`]).
+    pub fn compute(random: &AuthRandom, password: &str) -> AuthDigest {
+        AuthDigest(auth_digest(random.as_str(), password))
+    }
+
+    /// The digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this is the digest of `random` and `password` (hex case ignored).
+    pub fn matches(&self, random: &AuthRandom, password: &str) -> bool {
+        self.0
+            .eq_ignore_ascii_case(&auth_digest(random.as_str(), password))
+    }
+}
+
+/// What a device sends first on every connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Greeting {
+    /// `PJLINK 0`: no authentication.
+    Open,
+    /// `PJLINK 1 <random>`: the first command must carry the digest.
+    Challenge(AuthRandom),
+}
+
+/// One PJLink line, in either direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Device → controller on connect.
+    Greeting(Greeting),
+    /// Device → controller: `PJLINK ERRA`, the digest was wrong.
+    AuthError,
+    /// Controller → device; the digest only in front of the first command.
+    Command {
+        digest: Option<AuthDigest>,
+        command: Command,
+    },
+    /// Device → controller (and class 2 notifications, by UDP).
+    Response(Response),
+    /// Controller → devices, UDP broadcast: `%2SRCH`.
+    Search,
+}
+
+/// Parses one line without its CR.
+pub fn parse_line(line: &[u8]) -> Result<Message, ProtoError> {
+    let fail = |kind| ProtoError::new(kind, line);
+    if line.len() >= MAX_FIRST_LINE {
+        return Err(fail(ErrorKind::TooLong));
+    }
+    if line.is_empty() {
+        return Err(fail(ErrorKind::Empty));
+    }
+    no_control_bytes(line)?;
+    if let Some(rest) = line.strip_prefix(b"PJLINK ") {
+        return match rest {
+            b"0" => Ok(Message::Greeting(Greeting::Open)),
+            b"ERRA" => Ok(Message::AuthError),
+            [b'1', b' ', random @ ..] => match AuthRandom::new(&String::from_utf8_lossy(random)) {
+                Ok(random) => Ok(Message::Greeting(Greeting::Challenge(random))),
+                Err(_) => Err(fail(ErrorKind::BadGreeting)),
+            },
+            _ => Err(fail(ErrorKind::BadGreeting)),
+        };
+    }
+    let (digest, rest) = match line.split_at_checked(DIGEST_LEN) {
+        _ if line[0] == b'%' => (None, line),
+        Some((digest, rest)) if digest.iter().all(u8::is_ascii_hexdigit) => {
+            if rest.first() != Some(&b'%') {
+                return Err(fail(ErrorKind::BadDigest));
+            }
+            (
+                Some(AuthDigest::new(&String::from_utf8_lossy(digest))?),
+                rest,
+            )
+        }
+        _ => return Err(fail(ErrorKind::MissingHeader)),
+    };
+    if rest.len() >= MAX_LINE {
+        return Err(fail(ErrorKind::TooLong));
+    }
+    let Some((header, param)) = rest.split_at_checked(6) else {
+        return Err(fail(ErrorKind::BadBody));
+    };
+    let Ok(class) = Class::parse(&String::from_utf8_lossy(&header[1..2])) else {
+        return Err(fail(ErrorKind::BadClass));
+    };
+    let Ok(body) = Body::new(&header[2..]) else {
+        return Err(fail(ErrorKind::BadBody));
+    };
+    let Some((&separator, param)) = param.split_first() else {
+        return match (class, body, digest) {
+            (Class::Two, Body::SRCH, None) => Ok(Message::Search),
+            _ => Err(fail(ErrorKind::MissingParameter)),
+        };
+    };
+    let text = || match std::str::from_utf8(param) {
+        Ok(param) => Text::new(param),
+        Err(_) => Err(fail(ErrorKind::NotUtf8)),
+    };
+    match separator {
+        b' ' if param.is_empty() => Err(fail(ErrorKind::MissingParameter)),
+        b' ' => Ok(Message::Command {
+            digest,
+            command: Command {
+                class,
+                body,
+                param: text()?,
+            },
+        }),
+        b'=' if digest.is_some() => Err(fail(ErrorKind::BadDigest)),
+        b'=' => {
+            let value = text()?;
+            let reply = match value.as_str() {
+                "OK" => Reply::Ok,
+                v => ErrorCode::parse(v).map_or(Reply::Value(value), Reply::Error),
+            };
+            Ok(Message::Response(Response { class, body, reply }))
+        }
+        _ => Err(fail(ErrorKind::BadSeparator)),
+    }
+}
+
+/// Appends `message` and its CR to `out` (to batch several lines into one write).
+pub fn write_line(message: &Message, out: &mut Vec<u8>) {
+    let mut push = |parts: &[&[u8]]| parts.iter().for_each(|p| out.extend_from_slice(p));
+    match message {
+        Message::Greeting(Greeting::Open) => push(&[b"PJLINK 0"]),
+        Message::Greeting(Greeting::Challenge(r)) => push(&[b"PJLINK 1 ", r.as_str().as_bytes()]),
+        Message::AuthError => push(&[b"PJLINK ERRA"]),
+        Message::Command { digest, command: c } => {
+            let digest = digest.as_ref().map_or("", AuthDigest::as_str).as_bytes();
+            let class = c.class.as_str().as_bytes();
+            push(&[
+                digest,
+                b"%",
+                class,
+                &c.body.0,
+                b" ",
+                c.param.as_str().as_bytes(),
+            ]);
+        }
+        Message::Response(r) => {
+            let reply = match &r.reply {
+                Reply::Ok => "OK",
+                Reply::Error(code) => code.as_str(),
+                Reply::Value(value) => value.as_str(),
+            };
+            push(&[
+                b"%",
+                r.class.as_str().as_bytes(),
+                &r.body.0,
+                b"=",
+                reply.as_bytes(),
+            ]);
+        }
+        Message::Search => push(&[b"%2SRCH"]),
+    }
+    out.push(CR);
+}
+
+/// `message` as the exact bytes on the wire, CR included.
+pub fn format_line(message: &Message) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAX_LINE);
+    write_line(message, &mut out);
+    out
+}
+
+/// Splits the next CR-terminated line (without its CR) off `buf`. `Ok(None)`: no
+/// complete line yet. An error once [`MAX_FIRST_LINE`] bytes came without a CR: the
+/// peer is not speaking PJLink, and the caller should drop it.
+pub fn next_line(buf: &mut BytesMut) -> Result<Option<Bytes>, ProtoError> {
+    let window = &buf[..buf.len().min(MAX_FIRST_LINE)];
+    match window.iter().position(|&b| b == CR) {
+        Some(at) => {
+            let mut line = buf.split_to(at + 1);
+            line.truncate(at);
+            Ok(Some(line.freeze()))
+        }
+        None if buf.len() >= MAX_FIRST_LINE => Err(ProtoError::new(ErrorKind::TooLong, buf)),
+        None => Ok(None),
+    }
+}
+
+/// An input: kind (1..6) and number (1..9, on class 2 also A..Z), e.g. `31`, `3A`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InputCode {
+    kind: InputKind,
+    number: u8,
+}
+
+impl InputCode {
+    /// Reads a two-character code.
+    pub fn parse(code: &str) -> Result<InputCode, ProtoError> {
+        match code.as_bytes() {
+            &[_, number] if matches!(number, b'1'..=b'9' | b'A'..=b'Z') => {
+                let kind = InputKind::parse(&code[..1]).map_err(|_| bad("input code", code))?;
+                Ok(InputCode { kind, number })
+            }
+            _ => Err(bad("input code", code)),
+        }
+    }
+
+    /// The kind.
+    pub fn kind(self) -> InputKind {
+        self.kind
+    }
+
+    /// The number, `'1'`..`'9'` or `'A'`..`'Z'`.
+    pub fn number(self) -> char {
+        char::from(self.number)
+    }
+
+    /// Whether class 1 can name it (kinds 1..5, numbers 1..9).
+    pub fn is_class1(self) -> bool {
+        self.kind != InputKind::Internal && self.number.is_ascii_digit()
+    }
+}
+
+impl fmt::Display for InputCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.kind.as_str(), self.number())
+    }
+}
+
+/// An `AVMT` set parameter: `10`/`11` video, `20`/`21` audio, `30`/`31` both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AvMuteSet {
+    pub target: MuteTarget,
+    pub on: bool,
+}
+
+impl AvMuteSet {
+    /// Reads `10`..`31`.
+    pub fn parse(value: &str) -> Result<AvMuteSet, ProtoError> {
+        let (target, on) = value
+            .split_at_checked(1)
+            .ok_or_else(|| bad("AV mute", value))?;
+        let target = MuteTarget::parse(target).map_err(|_| bad("AV mute", value))?;
+        match on {
+            "0" | "1" => Ok(AvMuteSet {
+                target,
+                on: on == "1",
+            }),
+            _ => Err(bad("AV mute", value)),
+        }
+    }
+}
+
+impl fmt::Display for AvMuteSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.target.as_str(), u8::from(self.on))
+    }
+}
+
+/// Video and audio mute, as `AVMT ?` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct AvMute {
+    pub video: bool,
+    pub audio: bool,
+}
+
+impl AvMute {
+    /// The state after `set`.
+    pub fn apply(self, set: AvMuteSet) -> AvMute {
+        let video = matches!(set.target, MuteTarget::Video | MuteTarget::Both);
+        let audio = matches!(set.target, MuteTarget::Audio | MuteTarget::Both);
+        AvMute {
+            video: if video { set.on } else { self.video },
+            audio: if audio { set.on } else { self.audio },
+        }
+    }
+
+    /// `AVMT ?`'s reply: `11` video only, `21` audio only, `31` both, `30` neither.
+    pub fn as_str(self) -> &'static str {
+        match (self.video, self.audio) {
+            (true, false) => "11",
+            (false, true) => "21",
+            (true, true) => "31",
+            (false, false) => "30",
+        }
+    }
+
+    /// Reads `AVMT ?`'s reply (`10` and `20` read as nothing muted).
+    pub fn parse(value: &str) -> Result<AvMute, ProtoError> {
+        AvMuteSet::parse(value).map(|set| AvMute::default().apply(set))
+    }
+}
+
+/// `ERST ?`: six digits for fan, lamp, temperature, cover, filter, other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ErrorStatus {
+    pub fan: ErrorLevel,
+    pub lamp: ErrorLevel,
+    pub temperature: ErrorLevel,
+    pub cover: ErrorLevel,
+    pub filter: ErrorLevel,
+    pub other: ErrorLevel,
+}
+
+impl ErrorStatus {
+    /// Reads six digits `0`..`2`.
+    pub fn parse(value: &str) -> Result<ErrorStatus, ProtoError> {
+        let level = |i: usize| {
+            let digit = value
+                .get(i..i + 1)
+                .ok_or_else(|| bad("error status", value))?;
+            ErrorLevel::parse(digit).map_err(|_| bad("error status", value))
+        };
+        if value.len() != 6 {
+            return Err(bad("error status", value));
+        }
+        Ok(ErrorStatus {
+            fan: level(0)?,
+            lamp: level(1)?,
+            temperature: level(2)?,
+            cover: level(3)?,
+            filter: level(4)?,
+            other: level(5)?,
+        })
+    }
+}
+
+impl fmt::Display for ErrorStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self;
+        [s.fan, s.lamp, s.temperature, s.cover, s.filter, s.other]
+            .iter()
+            .try_for_each(|level| f.write_str(level.as_str()))
+    }
+}
+
+/// One lamp of a `LAMP ?` reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lamp {
+    /// Cumulative hours, 0..=99999.
+    pub hours: u32,
+    pub on: bool,
+}
+
+/// Reads `LAMP ?`: 1..=8 pairs `<hours> <0|1>`, separated by spaces.
+pub fn parse_lamps(value: &str) -> Result<Vec<Lamp>, ProtoError> {
+    let fields: Vec<&str> = value.split(' ').collect();
+    if fields.len() % 2 != 0 || fields.len() > 2 * MAX_LAMPS {
+        return Err(bad("lamp status", value));
+    }
+    let lamp = |hours: &str, on: &str| {
+        let digits = (1..=5).contains(&hours.len()) && hours.bytes().all(|b| b.is_ascii_digit());
+        match (digits, hours.parse(), on) {
+            (true, Ok(hours), "0" | "1") => Ok(Lamp {
+                hours,
+                on: on == "1",
+            }),
+            _ => Err(bad("lamp status", value)),
+        }
+    };
+    fields
+        .chunks(2)
+        .map(|pair| lamp(pair[0], pair[1]))
+        .collect()
+}
+
+/// Writes `LAMP ?`'s value (hours capped at 99999).
+pub fn format_lamps(lamps: &[Lamp]) -> String {
+    let pairs: Vec<String> = lamps
+        .iter()
+        .map(|l| format!("{} {}", l.hours.min(MAX_LAMP_HOURS), u8::from(l.on)))
+        .collect();
+    pairs.join(" ")
+}
+
+/// A MAC address as `LKUP` and `ACKN` carry it: `00:11:22:aa:bb:cc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddress(pub [u8; 6]);
+
+impl MacAddress {
+    /// Reads six colon-separated hex pairs (either case).
+    pub fn parse(value: &str) -> Result<MacAddress, ProtoError> {
+        let parts: Vec<&str> = value.split(':').collect();
+        let mut mac = [0u8; 6];
+        if parts.len() != 6 || !parts.iter().all(|p| hex(p, 2)) {
+            return Err(bad("MAC address", value));
+        }
+        for (byte, part) in mac.iter_mut().zip(parts) {
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad("MAC address", value))?;
+        }
+        Ok(MacAddress(mac))
+    }
+}
+
+impl fmt::Display for MacAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// A class 2 status notification, sent unprompted by UDP to the controller's port 4352.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notification {
+    /// `%2LKUP=<mac>`: the device's network link came up.
+    LinkUp(MacAddress),
+    /// `%2POWR=<0..3>`.
+    Power(PowerState),
+    /// `%2INPT=<code>`.
+    Input(InputCode),
+    /// `%2ERST=<6 digits>`.
+    Errors(ErrorStatus),
+}
+
+impl Notification {
+    /// Reads a response as a notification: `Ok(None)` if it is not one.
+    pub fn from_response(response: &Response) -> Result<Option<Notification>, ProtoError> {
+        let value = response.value().unwrap_or("");
+        Ok(Some(match (response.class, response.body) {
+            (Class::Two, Body::LKUP) => Notification::LinkUp(MacAddress::parse(value)?),
+            (Class::Two, Body::POWR) => Notification::Power(PowerState::parse(value)?),
+            (Class::Two, Body::INPT) => Notification::Input(InputCode::parse(value)?),
+            (Class::Two, Body::ERST) => Notification::Errors(ErrorStatus::parse(value)?),
+            _ => return Ok(None),
+        }))
+    }
+
+    /// The notification as the line it is sent as.
+    pub fn to_response(self) -> Response {
+        let (body, value) = match self {
+            Notification::LinkUp(mac) => (Body::LKUP, mac.to_string()),
+            Notification::Power(p) => (Body::POWR, p.as_str().to_owned()),
+            Notification::Input(i) => (Body::INPT, i.to_string()),
+            Notification::Errors(e) => (Body::ERST, e.to_string()),
+        };
+        // A few ASCII characters each.
+        let reply = Reply::Value(Text(value));
+        Response {
+            class: Class::Two,
+            body,
+            reply,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Message, ProtoError> {
+        parse_line(line.as_bytes())
+    }
+
+    #[test]
+    fn digest_matches_the_hitachi_vector() {
+        let expected = "e3d97429adffa11bce1f7275813d4bde";
+        assert_eq!(auth_digest("a572f60c", "password"), expected);
+        let random = AuthRandom::new("a572f60c").unwrap();
+        assert_eq!(AuthDigest::compute(&random, "password").as_str(), expected);
+        let upper = AuthDigest::new(&expected.to_uppercase()).unwrap();
+        assert!(upper.matches(&random, "password") && !upper.matches(&random, "Password"));
+    }
+
+    #[test]
+    fn lines_round_trip_to_the_same_bytes() {
+        for line in [
+            "PJLINK 0",
+            "PJLINK 1 498e4a67",
+            "PJLINK ERRA",
+            "%1POWR ?",
+            "5d8409bc1c3fa39749434aa3a5c38682%1POWR 1",
+            "%1POWR=OK",
+            "%1INPT=ERR2",
+            "%1LAMP=12345 1 200 0",
+            "%1INFO=",
+            "%1NAME=Hörsaal 1",
+            "%2LKUP=00:11:22:aa:bb:cc",
+            "%2SRCH",
+        ] {
+            let message = parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(format_line(&message), format!("{line}\r").as_bytes());
+        }
+    }
+
+    #[test]
+    fn parses_typed_messages() {
+        let expected = Response {
+            class: Class::One,
+            body: Body::POWR,
+            reply: Reply::Error(ErrorCode::UnavailableTime),
+        };
+        assert_eq!(parse("%1POWR=ERR3"), Ok(Message::Response(expected)));
+        let command = Command::new(Class::Two, Body::INPT, "3A").unwrap();
+        let message = Message::Command {
+            digest: None,
+            command,
+        };
+        assert_eq!(parse("%2INPT 3A"), Ok(message.clone()));
+        assert_eq!(format_line(&message), b"%2INPT 3A\r");
+        assert!(Command::query(Class::One, Body::ERST).is_query());
+        assert!(Command::new(Class::One, Body::POWR, "").is_err());
+    }
+
+    #[test]
+    fn malformed_lines_are_typed_errors() {
+        let long = format!("%1NAME={}", "x".repeat(129));
+        let digest = "0123456789abcdef0123456789abcdef";
+        let cases: [(&[u8], ErrorKind); 15] = [
+            (b"", ErrorKind::Empty),
+            (b"1POWR ?", ErrorKind::MissingHeader),
+            (b"%3POWR ?", ErrorKind::BadClass),
+            (b"%1powr ?", ErrorKind::BadBody),
+            (b"%1PO", ErrorKind::BadBody),
+            (b"%1POWR:1", ErrorKind::BadSeparator),
+            (b"%1POWR ", ErrorKind::MissingParameter),
+            (b"%1POWR", ErrorKind::MissingParameter),
+            (b"%1POWR ?\n", ErrorKind::ControlByte { byte: b'\n', at: 8 }),
+            (b"%1NAME=\xff", ErrorKind::NotUtf8),
+            (long.as_bytes(), ErrorKind::TooLong),
+            (
+                format!("{digest}POWR").into_bytes().leak(),
+                ErrorKind::BadDigest,
+            ),
+            (
+                format!("{digest}%1POWR=1").into_bytes().leak(),
+                ErrorKind::BadDigest,
+            ),
+            (b"PJLINK 1 xyz", ErrorKind::BadGreeting),
+            (b"PJLINK 2", ErrorKind::BadGreeting),
+        ];
+        for (line, kind) in cases {
+            assert_eq!(
+                parse_line(line).map_err(|e| e.kind),
+                Err(kind),
+                "{}",
+                Escaped::new(line)
+            );
+        }
+        let err = parse_line(b"%1powr ?").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "command body is not 4 upper-case letters or digits: \"%1powr ?\""
+        );
+    }
+
+    #[test]
+    fn typed_values() {
+        assert_eq!(PowerState::parse("3"), Ok(PowerState::WarmUp));
+        assert!(PowerState::parse("4").is_err());
+        let code = InputCode::parse("3A").unwrap();
+        assert_eq!((code.kind(), code.number()), (InputKind::Digital, 'A'));
+        assert!(!code.is_class1() && InputCode::parse("31").unwrap().is_class1());
+        for bad_code in ["30", "71", "3a", "3", "311", "", "0A"] {
+            assert!(InputCode::parse(bad_code).is_err(), "{bad_code}");
+        }
+        let mute = AvMute::default().apply(AvMuteSet::parse("11").unwrap());
+        assert_eq!(mute.as_str(), "11");
+        assert_eq!(mute.apply(AvMuteSet::parse("21").unwrap()).as_str(), "31");
+        assert_eq!(AvMute::parse("21").unwrap().as_str(), "21");
+        assert!(AvMuteSet::parse("40").is_err() && AvMuteSet::parse("312").is_err());
+        let errors = ErrorStatus::parse("012000").unwrap();
+        assert_eq!(
+            (errors.lamp, errors.temperature),
+            (ErrorLevel::Warning, ErrorLevel::Error)
+        );
+        assert_eq!(errors.to_string(), "012000");
+        assert!(ErrorStatus::parse("000003").is_err() && ErrorStatus::parse("00000").is_err());
+        let lamps = parse_lamps("12345 1 0 0").unwrap();
+        assert_eq!(
+            lamps[0],
+            Lamp {
+                hours: 12345,
+                on: true
+            }
+        );
+        assert_eq!(format_lamps(&lamps), "12345 1 0 0");
+        for bad_lamp in ["", "1", "123456 1", "1 2", "1  1", "-1 1"] {
+            assert!(parse_lamps(bad_lamp).is_err(), "{bad_lamp}");
+        }
+        let mac = MacAddress::parse("00:11:22:AA:bb:cc").unwrap();
+        assert_eq!(mac.to_string(), "00:11:22:aa:bb:cc");
+        assert!(MacAddress::parse("00:11:22:aa:bb").is_err());
+        assert!(MacAddress::parse("00:11:22:aa:bb:cc:dd").is_err());
+    }
+
+    #[test]
+    fn notifications_are_class_2_responses() {
+        let Ok(Message::Response(response)) = parse("%2ERST=000020") else {
+            panic!("not a response");
+        };
+        let notification = Notification::from_response(&response).unwrap().unwrap();
+        assert!(matches!(notification, Notification::Errors(e) if e.filter == ErrorLevel::Error));
+        assert_eq!(notification.to_response(), response);
+        let Ok(Message::Response(polled)) = parse("%1POWR=1") else {
+            panic!("not a response");
+        };
+        assert_eq!(Notification::from_response(&polled), Ok(None));
+    }
+
+    #[test]
+    fn next_line_is_bounded() {
+        let mut buf = BytesMut::from(&b"%1POWR ?\r%1INPT"[..]);
+        assert_eq!(next_line(&mut buf).unwrap().unwrap(), &b"%1POWR ?"[..]);
+        assert_eq!(next_line(&mut buf).unwrap(), None);
+        buf.extend_from_slice(&[b'x'; MAX_FIRST_LINE]);
+        assert_eq!(
+            next_line(&mut buf).map_err(|e| e.kind),
+            Err(ErrorKind::TooLong)
+        );
+    }
+
+    #[test]
+    fn never_panics_on_arbitrary_bytes() {
+        // Bytes drawn mostly from PJLink's own alphabet, so the parser gets deep.
+        const ALPHABET: &[u8] = b"%12 =?PJLINKERRAOKPOWRINPT0123456789abcdef:\r\n\x00\xff";
+        let mut rng = fastrand::Rng::with_seed(4352);
+        for round in 0..5_000 {
+            let len = rng.usize(..if round % 10 == 0 { 400 } else { 48 });
+            let mut line: Vec<u8> = (0..len)
+                .map(|_| match rng.u8(..8) {
+                    0 => rng.u8(..),
+                    _ => ALPHABET[rng.usize(..ALPHABET.len())],
+                })
+                .collect();
+            if round % 3 == 0 && line.len() > 6 {
+                line[..6].copy_from_slice(b"%1POWR");
+            }
+            if let Ok(message) = parse_line(&line) {
+                let again = format_line(&message);
+                assert_eq!(parse_line(&again[..again.len() - 1]), Ok(message));
+            }
+            let text = String::from_utf8_lossy(&line);
+            let _ = (
+                PowerState::parse(&text),
+                InputCode::parse(&text),
+                AvMute::parse(&text),
+            );
+            let _ = (
+                ErrorStatus::parse(&text),
+                parse_lamps(&text),
+                MacAddress::parse(&text),
+            );
+            let mut buf = BytesMut::from(&line[..]);
+            while let Ok(Some(_)) = next_line(&mut buf) {}
+        }
+    }
+}
