@@ -15,5 +15,6 @@ pub mod kit;
 pub mod pjlink;
 pub mod qrc;
 pub mod registry;
+pub mod sims;
 pub mod virtual_room;
 pub mod visca;

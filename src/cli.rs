@@ -54,6 +54,20 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run a device simulator (pjlink, extron-sis, qrc, visca) until Ctrl-C.
+    Sim {
+        /// Which device to simulate.
+        driver: String,
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Device password (QRC: `user:password`).
+        #[arg(long)]
+        password: Option<String>,
+        /// Test timings (near-instant transitions) instead of realistic ones.
+        #[arg(long)]
+        fast: bool,
+    },
     /// Run the bus with simulated devices and print a tour.
     Demo {
         /// TCP listen address (default 127.0.0.1:7420, or a free port if taken).
@@ -375,9 +389,10 @@ async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
             outln!("{}", crate::bench::table(&rows));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { .. } | Command::Demo { .. } | Command::Adapter { .. } => {
-            Ok(ExitCode::from(2))
-        }
+        Command::Serve { .. }
+        | Command::Demo { .. }
+        | Command::Adapter { .. }
+        | Command::Sim { .. } => Ok(ExitCode::from(2)),
     }
 }
 

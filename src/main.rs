@@ -99,7 +99,10 @@ async fn adapter(bus: &str, cfg: avbus::config::Config) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Serve { .. } | Command::Demo { .. } | Command::Adapter { .. } => "info",
+        Command::Serve { .. }
+        | Command::Demo { .. }
+        | Command::Adapter { .. }
+        | Command::Sim { .. } => "info",
         _ => "warn",
     };
     init_logs(cli.log_level.as_deref(), default_level);
@@ -131,6 +134,27 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            Command::Sim {
+                driver,
+                listen,
+                password,
+                fast,
+            } => match avbus::devices::sims::AnySim::start(&driver, listen, password, fast).await {
+                Ok(sim) => {
+                    let proto = if sim.udp() { "udp" } else { "tcp" };
+                    println!(
+                        "{{\"ready\":{{\"{proto}\":\"{}\",\"driver\":\"{driver}\"}}}}",
+                        sim.addr()
+                    );
+                    shutdown_signal().await;
+                    sim.stop().await;
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("avbus sim: {e}");
+                    ExitCode::from(2)
+                }
+            },
             Command::Adapter { bus, config } => {
                 let cfg = match avbus::config::Config::load(&config) {
                     Ok(c) => c,

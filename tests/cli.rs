@@ -202,3 +202,36 @@ fn bench_runs_every_workload_against_its_own_bus() {
     }
     assert!(text.contains("| system |"), "markdown table");
 }
+
+#[test]
+fn sim_runs_a_device_simulator_on_its_own() {
+    use std::io::Read;
+    let mut child = Command::new(BIN)
+        .args(["sim", "pjlink", "--fast"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("ready line");
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr = ready["ready"]["tcp"].as_str().unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut greeting = [0u8; 9];
+    s.read_exact(&mut greeting).unwrap();
+    assert_eq!(
+        &greeting, b"PJLINK 0\r",
+        "the simulated projector greets like the real one"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
