@@ -346,8 +346,17 @@ fn topic(key: &str, control: &str) -> String {
     format!("{key}/{control}")
 }
 
-async fn publish(client: &Client, key: &str, changes: Changes) {
+/// The values last published for one device, so that a poll reporting the same
+/// state publishes nothing (a poll every second must not flood every panel).
+/// Cleared on every (re)connect and bus reconnect: the full state goes out again.
+type Published = HashMap<String, Value>;
+
+async fn publish(client: &Client, key: &str, last: &mut Published, changes: Changes) {
     for (control, value) in changes {
+        if last.get(&control) == Some(&value) {
+            continue;
+        }
+        last.insert(control.clone(), value.clone());
         if let Err(e) = client
             .publish_state(&topic(key, &control), value, Quality::Ok)
             .await
@@ -416,9 +425,10 @@ async fn serve<D: Driver>(
     cancel: &CancellationToken,
 ) -> Option<DeviceError> {
     let t = d.timing();
+    let mut last = Published::new();
     // Full state first, then online: panels never see stale values marked ok.
     match tokio::time::timeout(t.poll_timeout, d.poll()).await {
-        Ok(Ok(changes)) => publish(client, key, changes).await,
+        Ok(Ok(changes)) => publish(client, key, &mut last, changes).await,
         Ok(Err(e)) => return Some(e),
         Err(_) => return Some(DeviceError::Unreachable("first poll timed out".into())),
     }
@@ -432,7 +442,7 @@ async fn serve<D: Driver>(
             supersede(&mut queue, cmd).await;
         }
         if let Some(cmd) = queue.items.pop_front() {
-            if let Err(e) = execute(d, client, key, cmd).await {
+            if let Err(e) = execute(d, client, key, &mut last, cmd).await {
                 return Some(e);
             }
             continue;
@@ -441,18 +451,19 @@ async fn serve<D: Driver>(
             _ = cancel.cancelled() => return None,
             Some(cmd) = rx.recv() => supersede(&mut queue, cmd).await,
             ev = d.next_event() => match ev {
-                Ok(changes) => publish(client, key, changes).await,
+                Ok(changes) => publish(client, key, &mut last, changes).await,
                 Err(e) => return Some(e),
             },
             _ = tick.tick() => match tokio::time::timeout(t.poll_timeout, d.poll()).await {
-                Ok(Ok(changes)) => publish(client, key, changes).await,
+                Ok(Ok(changes)) => publish(client, key, &mut last, changes).await,
                 Ok(Err(e)) => return Some(e),
                 Err(_) => return Some(DeviceError::Unreachable("poll timed out".into())),
             },
             // The bus connection came back: full state again, and online.
             Ok(()) = refresh.recv() => match tokio::time::timeout(t.poll_timeout, d.poll()).await {
                 Ok(Ok(changes)) => {
-                    publish(client, key, changes).await;
+                    last.clear();
+                    publish(client, key, &mut last, changes).await;
                     let _ = client.set_online(key, true).await;
                 }
                 Ok(Err(e)) => return Some(e),
@@ -474,6 +485,7 @@ async fn execute<D: Driver>(
     d: &mut D,
     client: &Client,
     key: &str,
+    last: &mut Published,
     cmd: IncomingCommand,
 ) -> Result<(), DeviceError> {
     let c = &cmd.command;
@@ -490,7 +502,7 @@ async fn execute<D: Driver>(
     let left = Duration::from_millis(c.deadline.saturating_sub(now_ms()));
     match tokio::time::timeout(left, d.execute(&dc)).await {
         Ok(Ok(Ok(changes))) => {
-            publish(client, key, changes).await;
+            publish(client, key, last, changes).await;
             cmd.ok(Value::Nil).await;
             Ok(())
         }

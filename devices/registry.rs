@@ -5,11 +5,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::kit::Host;
-use super::virtual_room;
+use super::{virtual_room, visca};
 use crate::config::DeviceConfig;
 
 /// Driver names accepted in `[[device]] driver = "..."`.
-pub const DRIVERS: &[&str] = &["virtual"];
+pub const DRIVERS: &[&str] = &["visca", "virtual"];
 
 /// Checks a `[[device]]` entry against its driver's needs.
 ///
@@ -36,6 +36,7 @@ pub fn spawn(
 ) -> Result<JoinHandle<()>, String> {
     check(d)?;
     match d.driver.as_str() {
+        "visca" => Ok(visca::adapter::spawn(host, d, cancel)),
         "virtual" => Ok(virtual_room::spawn(host, d, cancel)),
         other => Err(format!("unknown driver {other:?}")),
     }

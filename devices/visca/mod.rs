@@ -30,6 +30,7 @@
 //! The tests of both modules are at the end of this file: black-box, through the public
 //! API the adapter uses, and here so that each source file stays near 800 lines.
 
+pub mod adapter;
 pub mod proto;
 pub mod sim;
 
