@@ -81,6 +81,9 @@ pub struct DeviceCommand {
     pub op: CommandOp,
     /// The normalised value (`set`) or the arguments (`call`).
     pub value: Value,
+    /// When the panel stops waiting (ms since the Unix epoch); the runtime abandons
+    /// the command then, so a driver may use it to size its own waits.
+    pub deadline_ms: u64,
 }
 
 /// How often and how patiently the runtime talks to a device.
@@ -498,6 +501,7 @@ async fn execute<D: Driver>(
         control,
         op: c.op,
         value: c.value.clone(),
+        deadline_ms: c.deadline,
     };
     let left = Duration::from_millis(c.deadline.saturating_sub(now_ms()));
     match tokio::time::timeout(left, d.execute(&dc)).await {
