@@ -429,13 +429,16 @@ async fn serve<D: Driver>(
 ) -> Option<DeviceError> {
     let t = d.timing();
     let mut last = Published::new();
-    // Full state first, then online: panels never see stale values marked ok.
-    match tokio::time::timeout(t.poll_timeout, d.poll()).await {
-        Ok(Ok(changes)) => publish(client, key, &mut last, changes).await,
+    // Read the full state first (it proves the link), then mark the device online —
+    // the bus shows every control `stale` at that moment — then publish the state,
+    // which turns each control `ok`. Panels never see an unconfirmed value as `ok`.
+    let state = match tokio::time::timeout(t.poll_timeout, d.poll()).await {
+        Ok(Ok(changes)) => changes,
         Ok(Err(e)) => return Some(e),
         Err(_) => return Some(DeviceError::Unreachable("first poll timed out".into())),
-    }
+    };
     let _ = client.set_online(key, true).await;
+    publish(client, key, &mut last, state).await;
     let mut queue = Queue::default();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + t.poll, t.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -465,9 +468,9 @@ async fn serve<D: Driver>(
             // The bus connection came back: full state again, and online.
             Ok(()) = refresh.recv() => match tokio::time::timeout(t.poll_timeout, d.poll()).await {
                 Ok(Ok(changes)) => {
+                    let _ = client.set_online(key, true).await;
                     last.clear();
                     publish(client, key, &mut last, changes).await;
-                    let _ = client.set_online(key, true).await;
                 }
                 Ok(Err(e)) => return Some(e),
                 Err(_) => return Some(DeviceError::Unreachable("poll timed out".into())),

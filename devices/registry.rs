@@ -5,11 +5,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::kit::Host;
-use super::{virtual_room, visca};
+use super::{pjlink, qrc, virtual_room, visca};
 use crate::config::DeviceConfig;
 
 /// Driver names accepted in `[[device]] driver = "..."`.
-pub const DRIVERS: &[&str] = &["visca", "virtual"];
+pub const DRIVERS: &[&str] = &["pjlink", "qrc", "visca", "virtual"];
 
 /// Checks a `[[device]]` entry against its driver's needs.
 ///
@@ -36,6 +36,8 @@ pub fn spawn(
 ) -> Result<JoinHandle<()>, String> {
     check(d)?;
     match d.driver.as_str() {
+        "pjlink" => Ok(pjlink::adapter::spawn(host, d, cancel)),
+        "qrc" => Ok(qrc::adapter::spawn(host, d, cancel)),
         "visca" => Ok(visca::adapter::spawn(host, d, cancel)),
         "virtual" => Ok(virtual_room::spawn(host, d, cancel)),
         other => Err(format!("unknown driver {other:?}")),

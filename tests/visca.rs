@@ -133,7 +133,10 @@ impl Rig {
 
 async fn seen(sub: &mut Subscription, control: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let t = topic(control);
-    until(sub, |u| u.topic == t && pred(&u.value)).await.value
+    // A record without a value yet (the device just came online) proves nothing.
+    until(sub, |u| u.topic == t && !u.value.is_nil() && pred(&u.value))
+        .await
+        .value
 }
 
 fn int(v: &Value) -> i64 {

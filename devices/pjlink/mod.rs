@@ -49,5 +49,6 @@
 //!   numbers `A`..`Z`, kind 6, `SVOL`/`MVOL`/`FREZ` parameters) and several controllers
 //!   listening for `%2LKUP=00:11:22:aa:bb:cc`-style notifications on UDP 4352.
 
+pub mod adapter;
 pub mod proto;
 pub mod sim;

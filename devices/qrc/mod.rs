@@ -42,6 +42,7 @@
 //! others were processed; requests without an id (QSC's own `Logon` and `NoOp` examples)
 //! are JSON-RPC notifications and get no answer; `Ramp` is accepted and the value jumps.
 
+pub mod adapter;
 pub mod proto;
 pub mod sim;
 

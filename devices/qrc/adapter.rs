@@ -1,0 +1,998 @@
+//! The Q-SYS adapter: a Core's named components, spoken to over QRC ([`super::proto`]),
+//! as one `dsp` device on the bus (driver `qrc`), run by the adapter kit
+//! ([`crate::devices::kit`]).
+//!
+//! **Controls come from the Core.** QRC can list named components
+//! (`Component.GetComponents`) and their controls (`Component.GetControls`, with Type,
+//! Direction and ValueMin/ValueMax), but not Named Controls, so [`spawn`] connects once,
+//! reads every named component's controls and declares the device with them; until the
+//! Core answers, the device is declared without controls and offline, and discovery is
+//! retried with backoff. Controls are addressed as component controls
+//! (`Component.Set`, `ChangeGroup.AddComponentControl`), which is what a named
+//! component offers on a real Core. Each becomes the avbus control
+//! `<component>.<control>` (`Program.gain`); characters outside the topic alphabet
+//! (`A-Z a-z 0-9 - _ . : @`) become `_`, and a name longer than 64 bytes or equal to
+//! one already taken is cut and tagged with a hash of the QRC name, so names stay
+//! stable from run to run. The control's label keeps the QRC name.
+//!
+//! | QRC Type | avbus control |
+//! |---|---|
+//! | Float whose strings end in `dB` | `float`, unit dB, dB taper, step 0.1, range from ValueMin/ValueMax |
+//! | other Float, Time | `float`, linear (Time in `s`) |
+//! | Integer | `int` |
+//! | Boolean | `bool` (set as Value 1/0) |
+//! | Text | `string` of at most 1024 characters (set through the String aspect) |
+//! | Trigger | `trigger`, fired with `call` (arguments ignored) as Value 1 |
+//!
+//! Read Only controls are read-only on the bus; numbers without a range and unknown
+//! types are skipped (logged); at most [`MAX_CONTROLS`] controls are taken.
+//!
+//! **Push, not poll.** After connecting (and logging on) the adapter puts every control
+//! but the triggers in one change group and asks the Core to AutoPoll it every 0.1 s:
+//! the Core then pushes `ChangeGroup.Poll` notifications with what changed, which
+//! [`Driver::next_event`] hands to the kit. The kit's poll (`Invalidate` + `Poll` of
+//! that group, every `poll_ms`, 30 s by default) is only a safety net. A command is a
+//! `Component.Set` followed by a `Poll` of the group, so the state it confirms (with
+//! everything a preset recall moved) is published before the panel's `ok`. Pushes that
+//! arrive while a request waits for its answer are kept and returned with it, or by
+//! the next `next_event`; none is lost.
+//!
+//! **Keepalive.** A Core closes a socket that sent nothing for 60 s, so the adapter sends
+//! `NoOp` whenever it has sent nothing for `min(20 s, poll_ms)`, and treats a Core that
+//! has sent nothing (no push, no answer) for three such intervals as gone.
+//!
+//! **Logon.** `password = "user:pin"` (split at the first `:`; without one the user is
+//! empty, as `avbus sim qrc` reads it). A refused `Logon`, or error 10 (logon
+//! required) to any request, is a [`DeviceError::Auth`]: the device stays offline
+//! and the kit retries with backoff.
+//!
+//! **Design changes.** Each connect compares the `DesignCode` of the pushed
+//! `EngineStatus` with the one discovered; when it differs the design is read again,
+//! and when its controls differ the device is declared again with the new ones.
+//!
+//! **Bad input.** A frame that is not JSON-RPC (or too long) is logged with an escaped
+//! excerpt and ends the link (the kit reconnects); notifications of methods this adapter
+//! does not use are skipped. QRC errors answer commands: unknown component or control →
+//! `unknown_topic`, invalid params → `invalid_value`, logon required → the link is
+//! re-established (auth), anything else → `busy`.
+//!
+//! **Cancel safety.** `next_event` only awaits socket reads and writes that are
+//! cancel-safe; the read buffer ([`Framer`]) and unsent bytes live in the driver.
+//!
+//! Sources: QSC "QRC Commands" (methods, `EngineStatus` on connect, error codes, change
+//! groups and AutoPoll), QSC "QRC Overview" (TCP 1710, the 60 s rule), QSC "Change
+//! Groups for ECP and QRC" (groups die with the connection); integrators' scripts that
+//! fire triggers with `Component.Set … "Value":1`. See [`super`] for the full list.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv6Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::proto::{
+    encode_request, parse_incoming, ComponentControls, ComponentInfo, ComponentRef, ControlInfo,
+    ControlSet, ControlState, ControlType, Direction, EngineState, EngineStatus,
+    ErrorCode as QrcCode, Framer, GroupId, Incoming, Notification, PollResult, ProtoError, Request,
+    RpcError, RpcId, SetTarget, Value as QrcValue, MAX_MESSAGE,
+};
+use crate::config::DeviceConfig;
+use crate::devices::kit::{
+    Backoff, Changes, CommandFailure, DeviceCommand, DeviceError, Driver, Host, Timing,
+};
+use crate::model::{Access, ControlKind, ControlSpec, DeviceDescriptor, Taper, MAX_CONTROLS};
+use crate::protocol::{CommandOp, ErrorCode};
+use crate::topic::MAX_LEVEL_LEN;
+use crate::value::{as_number, Value};
+
+/// QRC's TCP port.
+pub const DEFAULT_PORT: u16 = 1710;
+/// Full-state poll when `poll_ms` is not set: the Core pushes changes, so this is only
+/// a safety net.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(30);
+/// Longest the adapter stays silent: a Core closes a socket after 60 s without input.
+const KEEPALIVE: Duration = Duration::from_secs(20);
+/// Keepalive intervals without a byte from the Core before the link counts as dead.
+const DEAD_AFTER: u32 = 3;
+/// AutoPoll interval asked of the Core, in seconds (0.05–0.2 s are used in the field).
+const AUTOPOLL_RATE: f64 = 0.1;
+/// The change group's id; groups belong to one connection, so one name is enough.
+const GROUP: &str = "avbus";
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+/// Longest text sent to a Text control, in characters: at most 4 KiB of UTF-8.
+const TEXT_MAX: usize = 1024;
+/// Longest a connect may take, including logon, change group set-up and, after a
+/// design change, reading the design again.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the discovery at start may take before it is retried.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Reconnect and rediscovery backoff.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Checks a `[[device]] driver = "qrc"` entry: `host` is required, `port` defaults to
+/// 1710, `password` is `user:pin`, `poll_ms` defaults to 30 000.
+///
+/// # Errors
+/// A message naming the key that is wrong or missing.
+pub fn check(d: &DeviceConfig) -> Result<(), String> {
+    Settings::from_config(d).map(|_| ())
+}
+
+/// Starts one configured Core on `host` until `cancel`: discovers its controls (retrying
+/// with backoff until the Core answers), then runs it through the kit; declares it again
+/// when the Core's design changes.
+pub fn spawn(host: &Host, d: &DeviceConfig, cancel: CancellationToken) -> JoinHandle<()> {
+    let host = host.clone();
+    let settings = Settings::from_config(d);
+    tokio::spawn(async move {
+        let settings = match settings {
+            Ok(s) => Arc::new(s),
+            Err(e) => return tracing::error!(error = %e, "qrc: bad [[device]] entry"),
+        };
+        let key = format!("{}/{}", settings.room, settings.name);
+        // Until the design is known, panels see the device, offline, without controls.
+        let placeholder = settings.descriptor(&[]);
+        if let Err(e) = host.client().declare(placeholder, false).await {
+            tracing::warn!(device = %key, error = %e, "qrc: declare refused");
+        }
+        let Some(mut design) = discover_until_found(&settings, &cancel).await else {
+            return;
+        };
+        let (redesign, mut redesigned) = mpsc::channel(1);
+        loop {
+            let device = cancel.child_token();
+            let driver = QrcDriver::new(settings.clone(), design.clone(), Some(redesign.clone()));
+            let mut task = host.spawn(move || driver.clone(), device.clone());
+            tokio::select! {
+                // Cancelled, or the kit could not declare the device.
+                _ = &mut task => return,
+                Some(fresh) = redesigned.recv() => {
+                    tracing::info!(device = %key, "qrc: the Core's design changed: declaring it again");
+                    device.cancel();
+                    let _ = task.await;
+                    design = fresh;
+                }
+            }
+        }
+    })
+}
+
+/// Reads the Core's design, retrying with backoff; `None` when cancelled.
+async fn discover_until_found(
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> Option<Arc<Design>> {
+    let key = format!("{}/{}", settings.room, settings.name);
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+    loop {
+        let error = tokio::select! {
+            () = cancel.cancelled() => return None,
+            r = Design::fetch(settings) => match r {
+                Ok(design) => {
+                    tracing::info!(device = %key, design = %design.design_name, controls = design.controls.len(), "qrc: design read");
+                    return Some(Arc::new(design));
+                }
+                Err(e) => e,
+            },
+        };
+        let delay = backoff.next_delay();
+        tracing::warn!(device = %key, error = %error, retry_in = ?delay, "qrc: cannot read the Core's design");
+        tokio::select! {
+            () = cancel.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// A configured Core.
+#[derive(Debug, Clone)]
+struct Settings {
+    room: String,
+    name: String,
+    label: String,
+    /// `host:port`.
+    addr: String,
+    /// `(user, password)` for `Logon`.
+    credentials: Option<(String, String)>,
+    poll: Duration,
+}
+
+impl Settings {
+    fn from_config(d: &DeviceConfig) -> Result<Settings, String> {
+        let host = d.host.as_deref().map(str::trim).unwrap_or_default();
+        if host.is_empty() {
+            return Err("driver \"qrc\" needs host = \"<Core address>\"".into());
+        }
+        let port = match d.port {
+            Some(0) => return Err("port must be 1 to 65535".into()),
+            port => port.unwrap_or(DEFAULT_PORT),
+        };
+        let addr = if host.parse::<Ipv6Addr>().is_ok() {
+            format!("[{host}]:{port}")
+        } else if host.contains(':') {
+            return Err(format!("host {host:?}: give the port as port = N"));
+        } else {
+            format!("{host}:{port}")
+        };
+        let credentials = d.password.as_deref().map(|p| match p.split_once(':') {
+            Some((user, pin)) => (user.to_owned(), pin.to_owned()),
+            None => (String::new(), p.to_owned()),
+        });
+        Ok(Settings {
+            room: d.room.clone(),
+            name: d.name.clone(),
+            label: d.label.clone().unwrap_or_else(|| "Q-SYS Core".into()),
+            addr,
+            credentials,
+            poll: d.poll_ms.map_or(DEFAULT_POLL, Duration::from_millis),
+        })
+    }
+
+    /// Longest the adapter lets the link sit without sending.
+    fn keepalive(&self) -> Duration {
+        self.poll.min(KEEPALIVE)
+    }
+
+    fn descriptor(&self, controls: &[Mapped]) -> DeviceDescriptor {
+        DeviceDescriptor {
+            room: self.room.clone(),
+            name: self.name.clone(),
+            label: self.label.clone(),
+            class: "dsp".into(),
+            driver: "qrc".into(),
+            controls: controls.iter().map(|m| m.spec.clone()).collect(),
+        }
+    }
+}
+
+/// One QRC component control as an avbus control.
+#[derive(Debug, Clone, PartialEq)]
+struct Mapped {
+    component: String,
+    control: String,
+    /// Named with the avbus name, typed from the QRC type.
+    spec: ControlSpec,
+}
+
+/// The controls of a Core's design.
+#[derive(Debug, Clone)]
+struct Design {
+    /// `EngineStatus.DesignCode` when it was read.
+    code: String,
+    design_name: String,
+    controls: Vec<Mapped>,
+    by_name: HashMap<String, usize>,
+    by_qrc: HashMap<(String, String), usize>,
+}
+
+impl Design {
+    /// Connects and reads the design, within [`DISCOVERY_TIMEOUT`].
+    async fn fetch(settings: &Settings) -> Result<Design, DeviceError> {
+        let read = async {
+            let mut link = Link::open(settings).await?;
+            Design::read(&mut link).await
+        };
+        tokio::time::timeout(DISCOVERY_TIMEOUT, read)
+            .await
+            .unwrap_or_else(|_| {
+                Err(DeviceError::Unreachable(format!(
+                    "no design within {DISCOVERY_TIMEOUT:?}"
+                )))
+            })
+    }
+
+    /// Lists every named component's controls over `link`.
+    async fn read(link: &mut Link) -> Result<Design, DeviceError> {
+        let (code, design_name) = (link.status.as_ref())
+            .map(|s| (s.design_code.clone(), s.design_name.clone()))
+            .unwrap_or_default();
+        let list = link.call_ok(&Request::ComponentGetComponents {}).await?;
+        let components: Vec<ComponentInfo> = answer("Component.GetComponents", list)?;
+        let mut controls = Vec::new();
+        let mut taken = HashSet::new();
+        for component in components {
+            let get = Request::ComponentGetControls {
+                name: component.name.clone(),
+            };
+            let info = match link.call(&get).await? {
+                Ok(info) => answer::<ComponentControls<Json>>("Component.GetControls", info)?,
+                // Gone between the two requests: the design is being replaced.
+                Err(e) if e.kind() == Some(QrcCode::UnknownComponent) => continue,
+                Err(e) => return Err(link_error("Component.GetControls", e)),
+            };
+            for raw in info.controls {
+                match serde_json::from_value::<ControlInfo>(raw) {
+                    Ok(c) => controls.extend(map_control(&component.name, &c, &mut taken)),
+                    Err(e) => {
+                        tracing::debug!(component = %component.name, error = %e, "qrc: control skipped")
+                    }
+                }
+            }
+        }
+        if controls.len() > MAX_CONTROLS {
+            tracing::warn!(
+                found = controls.len(),
+                "qrc: the design has more than {MAX_CONTROLS} controls; the rest are left out"
+            );
+            controls.truncate(MAX_CONTROLS);
+        }
+        let by_name = (0..controls.len())
+            .map(|i| (controls[i].spec.name.clone(), i))
+            .collect();
+        let by_qrc = (0..controls.len())
+            .map(|i| {
+                let m = &controls[i];
+                ((m.component.clone(), m.control.clone()), i)
+            })
+            .collect();
+        Ok(Design {
+            code,
+            design_name,
+            controls,
+            by_name,
+            by_qrc,
+        })
+    }
+
+    /// Whether any control goes in the change group.
+    fn has_group(&self) -> bool {
+        (self.controls.iter()).any(|m| !matches!(m.spec.kind, ControlKind::Trigger))
+    }
+
+    /// The change group's contents: every control but triggers, by component.
+    fn group(&self) -> Vec<ComponentRef> {
+        let mut out: Vec<ComponentRef> = Vec::new();
+        for m in &self.controls {
+            if matches!(m.spec.kind, ControlKind::Trigger) {
+                continue;
+            }
+            match out.iter_mut().find(|c| c.name == m.component) {
+                Some(c) => c.controls.push(m.control.clone()),
+                None => out.push(ComponentRef {
+                    name: m.component.clone(),
+                    controls: vec![m.control.clone()],
+                }),
+            }
+        }
+        out
+    }
+}
+
+/// The avbus control for one QRC control, or `None` for what cannot be one.
+fn map_control(component: &str, c: &ControlInfo, taken: &mut HashSet<String>) -> Option<Mapped> {
+    let access = match c.direction {
+        Direction::ReadOnly => Access::Read,
+        Direction::WriteOnly => Access::Write,
+        Direction::ReadWrite | Direction::Other => Access::ReadWrite,
+    };
+    let range = match (c.value_min, c.value_max) {
+        (Some(min), Some(max)) if min.is_finite() && max.is_finite() && min <= max => {
+            Some((min, max))
+        }
+        _ => None,
+    };
+    let db = [&c.string_min, &c.string_max]
+        .iter()
+        .any(|s| s.as_deref().is_some_and(|s| s.trim_end().ends_with("dB")));
+    let kind = match c.kind {
+        ControlType::Boolean => ControlKind::Bool,
+        ControlType::Float | ControlType::Time if range.is_some() => {
+            let (min, max) = range?;
+            let unit = match (db, c.kind) {
+                (true, _) => "dB",
+                (false, ControlType::Time) => "s",
+                _ => "",
+            };
+            ControlKind::Float {
+                min,
+                max,
+                step: db.then_some(0.1),
+                unit: unit.into(),
+                taper: if db { Taper::Db } else { Taper::Linear },
+            }
+        }
+        ControlType::Integer if range.is_some() => {
+            let (min, max) = range?;
+            ControlKind::Int {
+                min: min.ceil() as i64,
+                max: max.floor() as i64,
+                step: None,
+                unit: String::new(),
+            }
+        }
+        ControlType::Text => ControlKind::String { max_len: TEXT_MAX },
+        ControlType::Trigger if access != Access::Read => ControlKind::Trigger,
+        other => {
+            tracing::debug!(component, control = %c.name, kind = ?other, "qrc: control skipped (no range or unknown type)");
+            return None;
+        }
+    };
+    if matches!(kind, ControlKind::Int { min, max, .. } if min > max) {
+        return None;
+    }
+    let full = format!("{component}.{}", c.name);
+    let spec = ControlSpec::new(&topic_level(&full, taken), kind)
+        .access(access)
+        .label(&full);
+    Some(Mapped {
+        component: component.to_owned(),
+        control: c.name.clone(),
+        spec,
+    })
+}
+
+/// A valid, unused topic level for the QRC name `full`, the same on every run.
+fn topic_level(full: &str, taken: &mut HashSet<String>) -> String {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@');
+    let plain: String = full
+        .chars()
+        .map(|c| if allowed(c) { c } else { '_' })
+        .collect();
+    let mut name = plain.clone();
+    let mut salt = 0u32;
+    while name.len() > MAX_LEVEL_LEN || taken.contains(&name) {
+        // `plain` is ASCII, so any byte index is a character boundary.
+        let tag = format!("-{:08x}", fnv1a(full, salt));
+        let keep = plain.len().min(MAX_LEVEL_LEN - tag.len());
+        name = format!("{}{tag}", &plain[..keep]);
+        salt += 1;
+    }
+    taken.insert(name.clone());
+    name
+}
+
+/// FNV-1a: a hash that is the same in every build and run.
+fn fnv1a(text: &str, salt: u32) -> u32 {
+    let bytes = text.bytes().chain(salt.to_le_bytes());
+    bytes.fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// Decodes a request's result.
+fn answer<T: serde::de::DeserializeOwned>(method: &str, json: Json) -> Result<T, DeviceError> {
+    serde_json::from_value(json)
+        .map_err(|e| DeviceError::Protocol(format!("unexpected answer to {method}: {e}")))
+}
+
+/// A QRC error to a request the link needs: logon required is an auth failure,
+/// anything else a protocol error.
+fn link_error(method: &str, e: RpcError) -> DeviceError {
+    match e.kind() {
+        Some(QrcCode::LogonRequired) => DeviceError::Auth(format!(
+            "{method}: the Core wants a logon (password = \"user:pin\")"
+        )),
+        _ => DeviceError::Protocol(format!("{method}: {e}")),
+    }
+}
+
+/// The TCP connection to a Core: the read buffer, bytes not yet written, request ids,
+/// and the pushes that arrived while a request waited for its answer.
+struct Link {
+    peer: String,
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    framer: Framer,
+    chunk: Box<[u8]>,
+    outbox: Vec<u8>,
+    next_id: i64,
+    last_sent: Instant,
+    last_received: Instant,
+    pushes: Vec<PollResult>,
+    /// The newest `EngineStatus` (one always comes first).
+    status: Option<EngineStatus>,
+}
+
+impl Link {
+    /// Connects, takes the `EngineStatus` the Core pushes first, and logs on.
+    async fn open(s: &Settings) -> Result<Link, DeviceError> {
+        let stream = TcpStream::connect(&s.addr)
+            .await
+            .map_err(|e| DeviceError::Unreachable(format!("{}: {e}", s.addr)))?;
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let now = Instant::now();
+        let mut link = Link {
+            peer: s.addr.clone(),
+            rd,
+            wr,
+            framer: Framer::new(MAX_MESSAGE),
+            chunk: vec![0; READ_CHUNK].into_boxed_slice(),
+            outbox: Vec::new(),
+            next_id: 0,
+            last_sent: now,
+            last_received: now,
+            pushes: Vec::new(),
+            status: None,
+        };
+        match link.next_incoming(None).await? {
+            Some(Incoming::Notification(Notification::EngineStatus(status))) => {
+                if status.state != EngineState::Active {
+                    tracing::warn!(peer = %link.peer, state = ?status.state, "qrc: the Core is not active");
+                }
+                link.status = Some(status);
+            }
+            other => {
+                return Err(DeviceError::Protocol(format!(
+                    "expected the EngineStatus a Core sends on connect, got {other:?}"
+                )))
+            }
+        }
+        if let Some((user, password)) = &s.credentials {
+            let logon = Request::Logon {
+                user: user.clone(),
+                password: password.clone(),
+            };
+            match link.call(&logon).await? {
+                Ok(_) => {}
+                Err(e) if e.kind() == Some(QrcCode::LogonRequired) => {
+                    return Err(DeviceError::Auth(format!(
+                        "the Core refused the logon of user {user:?}"
+                    )))
+                }
+                Err(e) => return Err(DeviceError::Protocol(format!("Logon: {e}"))),
+            }
+        }
+        Ok(link)
+    }
+
+    /// Queues a request; it is written by the next read or request.
+    fn queue(&mut self, request: &Request) -> RpcId {
+        self.next_id += 1;
+        let id = RpcId::Number(self.next_id);
+        self.outbox.extend(encode_request(Some(&id), request));
+        self.last_sent = Instant::now();
+        id
+    }
+
+    /// Sends a request and waits for its answer, keeping what else arrives meanwhile.
+    async fn call(&mut self, request: &Request) -> Result<Result<Json, RpcError>, DeviceError> {
+        let id = self.queue(request);
+        loop {
+            match self.next_incoming(None).await? {
+                Some(Incoming::Response {
+                    id: Some(got),
+                    outcome,
+                }) if got == id => return Ok(outcome),
+                Some(other) => self.absorb(other)?,
+                None => {}
+            }
+        }
+    }
+
+    /// [`Link::call`] for requests whose failure breaks the link.
+    async fn call_ok(&mut self, request: &Request) -> Result<Json, DeviceError> {
+        let method = method_name(request);
+        self.call(request)
+            .await?
+            .map_err(|e| link_error(&method, e))
+    }
+
+    /// The next message from the Core, writing queued bytes meanwhile; `None` when
+    /// `wake` came first. Cancel-safe: a read or write either completed (and its bytes
+    /// are in the framer or gone from the outbox) or did nothing.
+    async fn next_incoming(
+        &mut self,
+        wake: Option<Instant>,
+    ) -> Result<Option<Incoming>, DeviceError> {
+        loop {
+            if let Some(message) = self.take_message()? {
+                return Ok(Some(message));
+            }
+            tokio::select! {
+                read = self.rd.read(&mut self.chunk) => match read {
+                    Ok(0) => return Err(DeviceError::Unreachable(format!("{} closed the connection", self.peer))),
+                    Ok(n) => {
+                        self.framer.extend(&self.chunk[..n]);
+                        self.last_received = Instant::now();
+                    }
+                    Err(e) => return Err(DeviceError::Unreachable(format!("{}: {e}", self.peer))),
+                },
+                // Requests go out while we read, so a Core pushing a lot never
+                // blocks our writes (nor we its).
+                written = self.wr.write(&self.outbox), if !self.outbox.is_empty() => match written {
+                    Ok(0) => return Err(DeviceError::Unreachable(format!("{} stopped taking bytes", self.peer))),
+                    Ok(n) => { self.outbox.drain(..n); }
+                    Err(e) => return Err(DeviceError::Unreachable(format!("{}: {e}", self.peer))),
+                },
+                () = at(wake) => return Ok(None),
+            }
+        }
+    }
+
+    /// A complete message already read, if any. Garbage ends the link; notifications of
+    /// methods we do not use are skipped.
+    fn take_message(&mut self) -> Result<Option<Incoming>, DeviceError> {
+        let garbage = |peer: &str, e: ProtoError| {
+            tracing::warn!(peer, error = %e, "qrc: garbage from the Core: dropping the link");
+            DeviceError::Protocol(e.to_string())
+        };
+        loop {
+            let Some(frame) = self.framer.next_frame() else {
+                return Ok(None);
+            };
+            let frame = frame.map_err(|e| garbage(&self.peer, e))?;
+            match parse_incoming(&frame) {
+                Ok(message) => return Ok(Some(message)),
+                Err(ProtoError::UnknownMethod {
+                    method, excerpt, ..
+                }) => tracing::debug!(peer = %self.peer, method, excerpt, "qrc: message skipped"),
+                Err(e) => return Err(garbage(&self.peer, e)),
+            }
+        }
+    }
+
+    /// Keeps a message that is not the answer being waited for.
+    fn absorb(&mut self, message: Incoming) -> Result<(), DeviceError> {
+        match message {
+            Incoming::Notification(Notification::ChangeGroupPoll(poll)) => {
+                if poll.id.0 == GROUP {
+                    self.pushes.push(poll);
+                }
+            }
+            Incoming::Notification(Notification::EngineStatus(status)) => {
+                tracing::info!(peer = %self.peer, state = ?status.state, design = %status.design_name, "qrc: engine status");
+                self.status = Some(status);
+            }
+            Incoming::Response {
+                outcome: Err(e), ..
+            } if e.kind() == Some(QrcCode::LogonRequired) => {
+                return Err(DeviceError::Auth("the Core wants a logon".into()))
+            }
+            // An answer to a `NoOp`, or an error for one: worth a line, not the link.
+            Incoming::Response { id, outcome } => {
+                if let Err(e) = outcome {
+                    tracing::warn!(peer = %self.peer, ?id, error = %e, "qrc: the Core refused a request");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A request's method, for messages.
+fn method_name(request: &Request) -> String {
+    serde_json::to_value(request)
+        .ok()
+        .and_then(|v| v.get("method").and_then(Json::as_str).map(str::to_owned))
+        .unwrap_or_default()
+}
+
+async fn at(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn group_id() -> GroupId {
+    GroupId(GROUP.into())
+}
+
+/// A Q-SYS Core as one avbus device: see the module documentation.
+pub struct QrcDriver {
+    settings: Arc<Settings>,
+    design: Arc<Design>,
+    /// The design code the controls were last checked against.
+    design_code: String,
+    /// Where a different design is reported, for [`spawn`] to declare it.
+    redesign: Option<mpsc::Sender<Arc<Design>>>,
+    link: Option<Link>,
+    /// The newest value of each control (by index), for confirming a `set` that
+    /// changed nothing.
+    values: Vec<Option<Value>>,
+    /// Changes taken from the Core and not yet handed to the kit.
+    pending: Changes,
+}
+
+impl Clone for QrcDriver {
+    /// A fresh, unconnected driver for the same Core and design.
+    fn clone(&self) -> Self {
+        QrcDriver::new(
+            self.settings.clone(),
+            self.design.clone(),
+            self.redesign.clone(),
+        )
+    }
+}
+
+impl QrcDriver {
+    fn new(
+        settings: Arc<Settings>,
+        design: Arc<Design>,
+        redesign: Option<mpsc::Sender<Arc<Design>>>,
+    ) -> QrcDriver {
+        QrcDriver {
+            values: vec![None; design.controls.len()],
+            design_code: design.code.clone(),
+            settings,
+            design,
+            redesign,
+            link: None,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Connects to the Core of a `[[device]]` entry once, reads its design and returns
+    /// a driver for it (not connected; [`Host::spawn`] it with `move || driver.clone()`).
+    /// [`spawn`] does this, retrying, and follows design changes.
+    ///
+    /// # Errors
+    /// An entry [`check`] refuses as [`DeviceError::Unreachable`], and the Core's errors.
+    pub async fn discover(d: &DeviceConfig) -> Result<QrcDriver, DeviceError> {
+        let settings = Settings::from_config(d).map_err(DeviceError::Unreachable)?;
+        let design = Design::fetch(&settings).await?;
+        Ok(QrcDriver::new(Arc::new(settings), Arc::new(design), None))
+    }
+
+    fn link(&mut self) -> Result<&mut Link, DeviceError> {
+        self.link
+            .as_mut()
+            .ok_or_else(|| DeviceError::Unreachable("not connected".into()))
+    }
+
+    /// Moves the pushes and poll answers the link holds into `pending`.
+    fn take_pushes(&mut self) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        for poll in link.pushes.drain(..) {
+            for change in poll.changes {
+                let component = change.component.clone().unwrap_or_default();
+                let Some(&i) = self.design.by_qrc.get(&(component, change.name.clone())) else {
+                    continue;
+                };
+                let m = &self.design.controls[i];
+                match value_of(&m.spec.kind, &change) {
+                    Some(v) => {
+                        self.values[i] = Some(v.clone());
+                        self.pending.push((m.spec.name.clone(), v));
+                    }
+                    None => {
+                        tracing::debug!(control = %m.spec.name, ?change, "qrc: value not understood")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Polls the change group (what changed since the last report) into `pending`.
+    async fn poll_group(&mut self) -> Result<(), DeviceError> {
+        if self.design.has_group() {
+            let link = self.link()?;
+            let changes = link
+                .call_ok(&Request::ChangeGroupPoll { id: group_id() })
+                .await?;
+            let poll = answer("ChangeGroup.Poll", changes)?;
+            link.pushes.push(poll);
+        }
+        self.take_pushes();
+        Ok(())
+    }
+}
+
+/// The avbus value of a control's reported state.
+fn value_of(kind: &ControlKind, state: &ControlState) -> Option<Value> {
+    let number = match &state.value {
+        QrcValue::Number(n) => Some(*n).filter(|n| n.is_finite()),
+        QrcValue::Bool(b) => Some(f64::from(u8::from(*b))),
+        QrcValue::Text(t) => t.trim().parse::<f64>().ok().filter(|n| n.is_finite()),
+    };
+    Some(match kind {
+        // Clamped: the bus refuses values outside the declared range.
+        ControlKind::Float { min, max, .. } => Value::F64(number?.clamp(*min, *max)),
+        ControlKind::Int { min, max, .. } => {
+            Value::from((number?.round() as i64).clamp(*min, *max))
+        }
+        ControlKind::Bool => Value::Boolean(match &state.value {
+            QrcValue::Bool(b) => *b,
+            QrcValue::Text(t) if t == "true" => true,
+            QrcValue::Text(t) if t == "false" => false,
+            _ => number? != 0.0,
+        }),
+        ControlKind::String { max_len } => {
+            Value::from(state.string.chars().take(*max_len).collect::<String>())
+        }
+        _ => return None,
+    })
+}
+
+/// How a refused command is answered; `Err` when the link must be re-established.
+fn command_failure(control: &str, e: RpcError) -> Result<CommandFailure, DeviceError> {
+    let code = match e.kind() {
+        Some(QrcCode::LogonRequired) => return Err(link_error("Component.Set", e)),
+        Some(
+            QrcCode::UnknownComponent | QrcCode::UnknownControl | QrcCode::IllegalMixerChannel,
+        ) => ErrorCode::UnknownTopic,
+        Some(QrcCode::InvalidParams | QrcCode::InvalidRequest) => ErrorCode::InvalidValue,
+        _ => ErrorCode::Busy,
+    };
+    Ok(CommandFailure::new(code, format!("{control}: {e}")))
+}
+
+impl Driver for QrcDriver {
+    fn descriptor(&self) -> DeviceDescriptor {
+        self.settings.descriptor(&self.design.controls)
+    }
+
+    fn timing(&self) -> Timing {
+        Timing {
+            poll: self.settings.poll,
+            connect: CONNECT_TIMEOUT,
+            backoff_min: BACKOFF_MIN,
+            backoff_max: BACKOFF_MAX,
+            ..Timing::default()
+        }
+    }
+
+    async fn connect(&mut self) -> Result<(), DeviceError> {
+        self.link = None;
+        self.pending.clear();
+        let mut link = Link::open(&self.settings).await?;
+        if link.status.as_ref().map(|s| &s.design_code) != Some(&self.design_code) {
+            // Another design (or the same one loaded again): read it before trusting names.
+            let fresh = Design::read(&mut link).await?;
+            if fresh.controls != self.design.controls {
+                let name = fresh.design_name.clone();
+                match &self.redesign {
+                    Some(tx) => {
+                        let _ = tx.try_send(Arc::new(fresh));
+                    }
+                    None => {
+                        tracing::warn!(peer = %link.peer, "qrc: the Core's design changed: restart the adapter to follow it")
+                    }
+                }
+                return Err(DeviceError::Protocol(format!(
+                    "the Core now runs design {name:?} with other controls"
+                )));
+            }
+            self.design_code = fresh.code;
+        }
+        let group = self.design.group();
+        for component in group.iter().cloned() {
+            let name = component.name.clone();
+            let add = Request::ChangeGroupAddComponentControl {
+                id: group_id(),
+                component,
+            };
+            match link.call(&add).await? {
+                Ok(_) => {}
+                // Controls the Core no longer has are left out; the others are added.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        Some(QrcCode::UnknownControl | QrcCode::UnknownComponent)
+                    ) =>
+                {
+                    tracing::warn!(peer = %link.peer, component = %name, error = %e, "qrc: controls missing on the Core")
+                }
+                Err(e) => return Err(link_error("ChangeGroup.AddComponentControl", e)),
+            }
+        }
+        if !group.is_empty() {
+            let auto = Request::ChangeGroupAutoPoll {
+                id: group_id(),
+                rate: AUTOPOLL_RATE,
+            };
+            let first = link.call_ok(&auto).await?;
+            link.pushes.push(answer("ChangeGroup.AutoPoll", first)?);
+        }
+        self.link = Some(link);
+        self.take_pushes();
+        Ok(())
+    }
+
+    async fn poll(&mut self) -> Result<Changes, DeviceError> {
+        if self.design.has_group() {
+            let invalidate = Request::ChangeGroupInvalidate { id: group_id() };
+            self.link()?.call_ok(&invalidate).await?;
+        }
+        self.poll_group().await?;
+        Ok(std::mem::take(&mut self.pending))
+    }
+
+    async fn execute(
+        &mut self,
+        c: &DeviceCommand,
+    ) -> Result<Result<Changes, CommandFailure>, DeviceError> {
+        let Some(&i) = self.design.by_name.get(&c.control) else {
+            let f = CommandFailure::new(
+                ErrorCode::UnknownTopic,
+                format!("no control {:?}", c.control),
+            );
+            return Ok(Err(f));
+        };
+        let design = self.design.clone();
+        let m = &design.controls[i];
+        let invalid = |what: &str| {
+            let message = format!("{}: expected {what}", c.control);
+            Ok(Err(CommandFailure::new(ErrorCode::InvalidValue, message)))
+        };
+        let target = match (&m.spec.kind, c.op) {
+            (ControlKind::Trigger, CommandOp::Call) => SetTarget::Value(QrcValue::Number(1.0)),
+            (ControlKind::Bool, CommandOp::Set) => match c.value.as_bool() {
+                Some(b) => SetTarget::Value(QrcValue::Number(f64::from(u8::from(b)))),
+                None => return invalid("a bool"),
+            },
+            (ControlKind::Float { .. } | ControlKind::Int { .. }, CommandOp::Set) => {
+                match as_number(&c.value) {
+                    Some(n) => SetTarget::Value(QrcValue::Number(n)),
+                    None => return invalid("a number"),
+                }
+            }
+            (ControlKind::String { .. }, CommandOp::Set) => match c.value.as_str() {
+                Some(s) => SetTarget::String(s.to_owned()),
+                None => return invalid("a string"),
+            },
+            _ => {
+                let message = format!("{}: set a value, call a trigger", c.control);
+                return Ok(Err(CommandFailure::new(ErrorCode::NotWritable, message)));
+            }
+        };
+        let set = Request::ComponentSet {
+            name: m.component.clone(),
+            controls: vec![ControlSet {
+                name: m.control.clone(),
+                target,
+                ramp: None,
+            }],
+        };
+        let trigger = matches!(m.spec.kind, ControlKind::Trigger);
+        if let Err(e) = self.link()?.call(&set).await? {
+            // Pushes read meanwhile stay pending for `next_event`.
+            self.take_pushes();
+            return command_failure(&c.control, e).map(Err);
+        }
+        // What the Core confirms: every control that changed, a preset's included.
+        self.poll_group().await?;
+        let mut changes = std::mem::take(&mut self.pending);
+        if !trigger && !changes.iter().any(|(name, _)| *name == c.control) {
+            // The value did not change (already there): confirm the one we hold.
+            changes.extend(self.values[i].clone().map(|v| (c.control.clone(), v)));
+        }
+        Ok(Ok(changes))
+    }
+
+    async fn next_event(&mut self) -> Result<Changes, DeviceError> {
+        let keepalive = self.settings.keepalive();
+        let dead = keepalive * DEAD_AFTER;
+        loop {
+            self.take_pushes();
+            if !self.pending.is_empty() {
+                return Ok(std::mem::take(&mut self.pending));
+            }
+            let link = self.link()?;
+            let wake = (link.last_sent + keepalive).min(link.last_received + dead);
+            match link.next_incoming(Some(wake)).await? {
+                Some(message) => link.absorb(message)?,
+                None => {
+                    let now = Instant::now();
+                    if now >= link.last_received + dead {
+                        return Err(DeviceError::Unreachable(format!(
+                            "{} sent nothing for {dead:?}",
+                            link.peer
+                        )));
+                    }
+                    if now >= link.last_sent + keepalive {
+                        // Answered by the Core; the answer also proves it is alive.
+                        link.queue(&Request::NoOp {});
+                    }
+                }
+            }
+        }
+    }
+
+    async fn disconnect(&mut self) {
+        self.link = None;
+    }
+}
