@@ -1,20 +1,29 @@
-//! `avbus demo`: the bus with simulated devices hosted in-process, and a tour.
+//! `avbus demo`: the bus, a simulator for each device protocol, and each device's
+//! adapter hosted in-process — two rooms you can poke at from the CLI.
 
 use std::net::SocketAddr;
 
 use tokio_util::sync::CancellationToken;
 
+use super::registry::host_all;
+use super::sims::AnySim;
 use crate::bus::{ready_line, start};
-use crate::client::ClientOptions;
-use crate::config::Config;
+use crate::client::{Client, ClientOptions};
+use crate::config::{Config, DeviceConfig};
+use crate::protocol::Role;
 
-/// The room the demo's virtual devices live in.
-pub const DEMO_ROOM: &str = "studio";
+/// The demo's devices: (room, name, driver).
+pub const DEVICES: &[(&str, &str, &str)] = &[
+    ("boardroom", "projector", "pjlink"),
+    ("boardroom", "switcher", "extron-sis"),
+    ("hall", "dsp", "qrc"),
+    ("hall", "camera", "visca"),
+];
 
 /// Runs the demo until `shutdown` resolves.
 ///
 /// # Errors
-/// Bind errors, or the virtual room failing to declare its devices.
+/// Bind errors, or a simulator that cannot start.
 pub async fn run(
     listen: Option<SocketAddr>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -33,11 +42,35 @@ pub async fn run(
         Err(e) => return Err(e.into()),
     };
     println!("{}", ready_line(&handle));
+
+    // One simulator per device, on free loopback ports, with realistic timings.
+    let mut sims = Vec::new();
+    let mut devices = Vec::new();
+    let mut started = String::new();
+    for (room, name, driver) in DEVICES {
+        let sim = AnySim::start(driver, SocketAddr::from(([127, 0, 0, 1], 0)), None, false).await?;
+        let addr = sim.addr();
+        started.push_str(&format!(
+            "\n  {room}/{name:<10} {driver:<11} simulator on {} {addr}",
+            if sim.udp() { "udp" } else { "tcp" }
+        ));
+        devices.push(DeviceConfig {
+            room: (*room).into(),
+            name: (*name).into(),
+            driver: (*driver).into(),
+            label: None,
+            host: Some(addr.ip().to_string()),
+            port: Some(addr.port()),
+            password: None,
+            poll_ms: None,
+        });
+        sims.push(sim);
+    }
     let cancel = CancellationToken::new();
-    let room_cancel = cancel.clone();
-    let opts = ClientOptions::local(handle.local(), "virtual-room");
-    let room =
-        tokio::spawn(async move { super::virtual_room::run(opts, DEMO_ROOM, room_cancel).await });
+    let opts = ClientOptions::local(handle.local(), "demo-adapters").role(Role::Adapter);
+    let client = Client::connect(opts).await?;
+    let c = cancel.clone();
+    let hosted = tokio::spawn(async move { host_all(client, &devices, c).await });
 
     let bus = if handle.tcp.port() == 7420 && handle.tcp.ip().is_loopback() {
         String::new()
@@ -45,31 +78,35 @@ pub async fn run(
         format!(" --bus {}", handle.tcp)
     };
     println!(
-        "\navbus demo: bus on {tcp}, virtual room `{DEMO_ROOM}` (projector, mixer, camera) hosted in-process.\n\
-         Try, in another terminal (export AVBUS_ADDR={tcp} to drop --bus):\n\
+        "\navbus demo: bus on {tcp}; device simulators and their adapters:{started}\n\
+         \nTry, in another terminal (export AVBUS_ADDR={tcp} to drop --bus):\n\
          \n  cargo run --release -- devices{bus}\
-         \n  cargo run --release -- sub{bus} '{DEMO_ROOM}/#'\
-         \n  cargo run --release -- set{bus} {DEMO_ROOM}/projector/power on      # warming, then on\
-         \n  cargo run --release -- set{bus} {DEMO_ROOM}/mixer/volume -12.5\
-         \n  cargo run --release -- set{bus} {DEMO_ROOM}/mixer/volume 99         # invalid_value, names the rule\
-         \n  cargo run --release -- get{bus} --full {DEMO_ROOM}/mixer/volume\
-         \n  cargo run --release -- call{bus} {DEMO_ROOM}/camera/recall '{{\"preset\": 2}}'\
-         \n  cargo run --release -- pub{bus} --retain {DEMO_ROOM}/scene '\"presentation\"'\
+         \n  cargo run --release -- sub{bus} 'boardroom/#'\
+         \n  cargo run --release -- set{bus} boardroom/projector/power on     # warming up, then on\
+         \n  cargo run --release -- set{bus} boardroom/projector/input 31\
+         \n  cargo run --release -- set{bus} boardroom/switcher/out01_video 3\
+         \n  cargo run --release -- set{bus} hall/dsp/Program.gain -12.5\
+         \n  cargo run --release -- set{bus} hall/dsp/Program.gain 99         # invalid_value, names the range\
+         \n  cargo run --release -- get{bus} --full hall/dsp/Program.gain\
+         \n  cargo run --release -- call{bus} hall/camera/recall '{{\"preset\": 1}}'\
          \n  cargo run --release -- sub{bus} --full '$sys/#'\
          \n\nCtrl-C stops the demo.",
         tcp = handle.tcp
     );
     tokio::select! {
         _ = shutdown => {}
-        r = room => {
+        r = hosted => {
             match r {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "virtual room stopped"),
-                Err(e) => tracing::error!(error = %e, "virtual room panicked"),
+                Ok(Err(e)) => tracing::error!(error = %e, "adapters stopped"),
+                Err(e) => tracing::error!(error = %e, "adapters panicked"),
             }
         }
     }
     cancel.cancel();
+    for s in sims {
+        s.stop().await;
+    }
     handle.shutdown().await;
     Ok(())
 }

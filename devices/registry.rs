@@ -5,11 +5,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::kit::Host;
-use super::{pjlink, qrc, virtual_room, visca};
+use super::{extron, pjlink, qrc, virtual_room, visca};
 use crate::config::DeviceConfig;
 
 /// Driver names accepted in `[[device]] driver = "..."`.
-pub const DRIVERS: &[&str] = &["pjlink", "qrc", "visca", "virtual"];
+pub const DRIVERS: &[&str] = &["pjlink", "extron-sis", "qrc", "visca", "virtual"];
 
 /// Checks a `[[device]]` entry against its driver's needs.
 ///
@@ -17,6 +17,10 @@ pub const DRIVERS: &[&str] = &["pjlink", "qrc", "visca", "virtual"];
 /// A message naming the key that is wrong or missing.
 pub fn check(d: &DeviceConfig) -> Result<(), String> {
     match d.driver.as_str() {
+        "pjlink" => pjlink::adapter::check(d),
+        "extron-sis" => extron::adapter::check(d),
+        "qrc" => qrc::adapter::check(d),
+        "visca" => visca::adapter::check(d),
         "virtual" => virtual_room::check(d),
         other => Err(format!(
             "unknown driver {other:?} (known: {})",
@@ -37,6 +41,7 @@ pub fn spawn(
     check(d)?;
     match d.driver.as_str() {
         "pjlink" => Ok(pjlink::adapter::spawn(host, d, cancel)),
+        "extron-sis" => Ok(extron::adapter::spawn(host, d, cancel)),
         "qrc" => Ok(qrc::adapter::spawn(host, d, cancel)),
         "visca" => Ok(visca::adapter::spawn(host, d, cancel)),
         "virtual" => Ok(virtual_room::spawn(host, d, cancel)),

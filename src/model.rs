@@ -310,11 +310,18 @@ impl ControlSpec {
                 Ok(Value::F64(v))
             }
             ControlKind::Enum { options } => {
-                let s = value
-                    .as_str()
+                // Option ids are strings; an integer naming one (`input 31` typed on a
+                // command line) is taken as that id.
+                let owned = match value {
+                    Value::Integer(i) => Some(i.to_string()),
+                    _ => None,
+                };
+                let s = owned
+                    .as_deref()
+                    .or_else(|| value.as_str())
                     .ok_or_else(|| format!("expected an option id, got {}", short(value)))?;
                 if options.iter().any(|o| o.id == s) {
-                    Ok(value.clone())
+                    Ok(Value::from(s))
                 } else {
                     let ids: Vec<&str> = options.iter().map(|o| o.id.as_str()).collect();
                     Err(format!("{s:?} is not one of {}", ids.join(", ")))

@@ -84,84 +84,126 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Waits (bounded) until every demo device reports online, through the client library.
+fn wait_online(addr: &str, devices: &[&str]) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use futures_util::StreamExt;
+        let c = avbus::client::Client::connect(avbus::client::ClientOptions::tcp(addr, "wait"))
+            .await
+            .unwrap();
+        let mut sub = c.subscribe(&["+/+/online"]).await.unwrap();
+        let mut online = std::collections::HashSet::new();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while online.len() < devices.len() {
+                if let Some(avbus::client::SubEvent::Update(u)) = sub.next().await {
+                    let key = u.topic.trim_end_matches("/online").to_owned();
+                    if devices.contains(&key.as_str())
+                        && u.value == avbus::value::Value::Boolean(true)
+                    {
+                        online.insert(key);
+                    }
+                }
+            }
+        })
+        .await
+        .expect("every demo device comes online");
+        c.close().await;
+    });
+}
+
 #[test]
 fn the_demo_tour_works_from_the_cli() {
     let demo = Demo::start();
+    let devices = [
+        "boardroom/projector",
+        "boardroom/switcher",
+        "hall/dsp",
+        "hall/camera",
+    ];
+    wait_online(&demo.addr, &devices);
 
     let out = demo.run(&["devices"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let table = stdout(&out);
     let header = table.lines().next().unwrap();
     assert!(header.starts_with("DEVICE") && header.contains("CLASS") && header.contains("DRIVER"));
-    let row = table
-        .lines()
-        .find(|l| l.starts_with("studio/projector"))
-        .expect("projector row");
-    let cols: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(cols, ["studio/projector", "projector", "virtual", "online"]);
+    for (dev, class, driver) in [
+        ("boardroom/projector", "projector", "pjlink"),
+        ("boardroom/switcher", "switcher", "extron-sis"),
+        ("hall/dsp", "dsp", "qrc"),
+        ("hall/camera", "camera", "visca"),
+    ] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(dev))
+            .unwrap_or_else(|| panic!("{dev} in {table}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols, [dev, class, driver, "online"]);
+    }
 
-    let out = demo.run(&["set", "studio/mixer/volume", "-12.5"]);
-    assert_eq!(
-        (out.status.code(), stdout(&out).trim()),
-        (Some(0), "ok"),
-        "{}",
-        stderr(&out)
-    );
-    let out = demo.run(&["get", "studio/mixer/volume"]);
-    assert_eq!(stdout(&out).trim(), "-12.5");
-    let out = demo.run(&["get", "--full", "studio/mixer/volume"]);
-    let rec: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
-    assert_eq!(rec["quality"], "ok");
-    assert_eq!(rec["display"], "-12.5 dB");
-
-    let out = demo.run(&["set", "studio/mixer/volume", "99"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).starts_with("invalid_value:"),
-        "{}",
-        stderr(&out)
-    );
-    let out = demo.run(&["set", "studio/projector/lamp_hours", "1"]);
-    assert!(stderr(&out).starts_with("not_writable:"));
-
-    // A bare word is a string: `power on`.
-    let out = demo.run(&["set", "studio/projector/power", "on"]);
+    // A bare word is a string: `power on`; the projector then warms up.
+    let out = demo.run(&["set", "boardroom/projector/power", "on"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = demo.run(&["get", "studio/projector/power"]);
+    let out = demo.run(&["get", "boardroom/projector/power"]);
     assert!(
         ["\"warming\"", "\"on\""].contains(&stdout(&out).trim()),
         "{}",
         stdout(&out)
     );
 
-    let out = demo.run(&["call", "studio/camera/recall", "{\"preset\": 2}"]);
+    let out = demo.run(&["set", "boardroom/switcher/out01_video", "3"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        stdout(&demo.run(&["get", "studio/camera/pan"])).trim(),
-        "45"
+        stdout(&demo.run(&["get", "boardroom/switcher/out01_video"])).trim(),
+        "\"3\""
     );
 
-    let out = demo.run(&["pub", "--retain", "studio/scene", "presentation"]);
+    let out = demo.run(&["set", "hall/dsp/Program.gain", "-12.5"]);
+    assert_eq!(
+        (out.status.code(), stdout(&out).trim()),
+        (Some(0), "ok"),
+        "{}",
+        stderr(&out)
+    );
+    let out = demo.run(&["get", "--full", "hall/dsp/Program.gain"]);
+    let rec: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(rec["quality"], "ok");
+    assert_eq!(rec["display"], "-12.5 dB");
+    let out = demo.run(&["set", "hall/dsp/Program.gain", "99"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("invalid_value:"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = demo.run(&["call", "hall/camera/recall", "{\"preset\": 1}"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = demo.run(&["pub", "--retain", "boardroom/scene", "presentation"]);
     assert!(stdout(&out).starts_with("ok "));
     assert_eq!(
-        stdout(&demo.run(&["get", "studio/scene"])).trim(),
+        stdout(&demo.run(&["get", "boardroom/scene"])).trim(),
         "\"presentation\""
     );
-
     let out = demo.run(&["get", "nothing/here"]);
     assert_eq!(out.status.code(), Some(1));
 
-    let out = demo.run(&["sub", "--seq", "--count", "3", "studio/mixer/#"]);
+    let out = demo.run(&["sub", "--seq", "--count", "3", "hall/dsp/#"]);
     assert!(out.status.success());
     let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert!(lines
         .iter()
-        .all(|l| l.split(' ').nth(1).unwrap().starts_with("studio/mixer/")));
+        .all(|l| l.split(' ').nth(1).unwrap().starts_with("hall/dsp/")));
 
     let out = demo.run(&["devices", "--json"]);
     let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
-    assert_eq!(json.as_array().unwrap().len(), 3);
+    assert_eq!(json.as_array().unwrap().len(), 4);
 
     let out = Command::new(BIN)
         .args(["get", "x/y", "--bus", "127.0.0.1:1"])

@@ -88,6 +88,7 @@ use thiserror::Error;
 
 use proto::{Command, Response};
 
+pub mod adapter;
 pub mod proto;
 pub mod sim;
 
