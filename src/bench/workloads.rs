@@ -14,6 +14,37 @@ async fn recv(rx: &mut mpsc::Receiver<Bytes>) -> Option<Bytes> {
     tokio::time::timeout(WAIT, rx.recv()).await.ok().flatten()
 }
 
+/// Reads up to `limit` payloads (or until [`WAIT`] of silence), recording each one's
+/// age into the shared histogram; resolves to the number read.
+fn latency_reader(
+    mut rx: mpsc::Receiver<Bytes>,
+    hist: Arc<Mutex<hdrhistogram::Histogram<u64>>>,
+    limit: u64,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut local = histogram();
+        let mut got = 0u64;
+        while got < limit {
+            let Some(p) = recv(&mut rx).await else { break };
+            if let Some(us) = age_us(&p) {
+                let _ = local.record(us.max(1));
+            }
+            got += 1;
+        }
+        if let Ok(mut h) = hist.lock() {
+            let _ = h.add(&local);
+        }
+        got
+    })
+}
+
+/// The shared histogram's contents.
+fn merged(hist: &Mutex<hdrhistogram::Histogram<u64>>) -> hdrhistogram::Histogram<u64> {
+    hist.lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| histogram())
+}
+
 /// `rtt`: ping-pong through the broker, one 64-byte message in flight.
 pub async fn rtt(t: &dyn Transport, scale: f64) -> Result<Row, String> {
     let a = t.connect("bench-rtt-a").await?;
@@ -117,27 +148,9 @@ pub async fn fanout(t: &dyn Transport, scale: f64) -> Result<Row, String> {
     let mut conns = Vec::new();
     for i in 0..SUBS {
         let c = t.connect(&format!("bench-fan-{i}")).await?;
-        let mut rx = c.subscribe("bench/fanout").await?;
+        let rx = c.subscribe("bench/fanout").await?;
         let hist = hist.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut local = histogram();
-            let mut got = 0;
-            while got < n {
-                match recv(&mut rx).await {
-                    Some(p) => {
-                        if let Some(us) = age_us(&p) {
-                            let _ = local.record(us.max(1));
-                        }
-                        got += 1;
-                    }
-                    None => break,
-                }
-            }
-            if let Ok(mut h) = hist.lock() {
-                let _ = h.add(&local);
-            }
-            got
-        }));
+        tasks.push(latency_reader(rx, hist, n));
         conns.push(c);
     }
     let p = t.connect("bench-fan-pub").await?;
@@ -162,10 +175,7 @@ pub async fn fanout(t: &dyn Transport, scale: f64) -> Result<Row, String> {
     }
     p.close().await;
     let expected = n * SUBS as u64;
-    let h = hist
-        .lock()
-        .map(|h| h.clone())
-        .unwrap_or_else(|_| histogram());
+    let h = merged(&hist);
     Ok(Row::new(
         "fanout",
         t.system(),
@@ -387,20 +397,7 @@ pub async fn site(t: &dyn Transport, scale: f64) -> Result<Row, String> {
             }
         }
         let hist = hist.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut local = histogram();
-            let mut got = 0u64;
-            while let Some(payload) = recv(&mut rx).await {
-                if let Some(us) = age_us(&payload) {
-                    let _ = local.record(us.max(1));
-                }
-                got += 1;
-            }
-            if let Ok(mut h) = hist.lock() {
-                let _ = h.add(&local);
-            }
-            got
-        }));
+        tasks.push(latency_reader(rx, hist, u64::MAX));
         panels.push(c);
     }
     // Updates spread over every control by a fixed pseudo-random walk; the number
@@ -439,10 +436,7 @@ pub async fn site(t: &dyn Transport, scale: f64) -> Result<Row, String> {
     }
     p.close().await;
     seed.close().await;
-    let h = hist
-        .lock()
-        .map(|h| h.clone())
-        .unwrap_or_else(|_| histogram());
+    let h = merged(&hist);
     Ok(Row::new(
         "site",
         t.system(),
