@@ -352,20 +352,51 @@ fn topic(key: &str, control: &str) -> String {
 /// The values last published for one device, so that a poll reporting the same
 /// state publishes nothing (a poll every second must not flood every panel).
 /// Cleared on every (re)connect and bus reconnect: the full state goes out again.
-type Published = HashMap<String, Value>;
+struct Published {
+    values: HashMap<String, Value>,
+    /// The device's `meter` controls: their values go out as telemetry (UDP, or
+    /// straight to the hub in-process), never through the TCP state stream.
+    meters: std::collections::HashSet<String>,
+}
+
+impl Published {
+    fn new(desc: &DeviceDescriptor) -> Published {
+        Published {
+            values: HashMap::new(),
+            meters: desc
+                .controls
+                .iter()
+                .filter(|c| matches!(c.kind, crate::model::ControlKind::Meter { .. }))
+                .map(|c| c.name.clone())
+                .collect(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.values.clear();
+    }
+}
 
 async fn publish(client: &Client, key: &str, last: &mut Published, changes: Changes) {
+    let mut telemetry = Vec::new();
     for (control, value) in changes {
-        if last.get(&control) == Some(&value) {
+        if last.meters.contains(&control) {
+            telemetry.push((topic(key, &control), value));
             continue;
         }
-        last.insert(control.clone(), value.clone());
+        if last.values.get(&control) == Some(&value) {
+            continue;
+        }
+        last.values.insert(control.clone(), value.clone());
         if let Err(e) = client
             .publish_state(&topic(key, &control), value, Quality::Ok)
             .await
         {
             tracing::warn!(device = key, control, error = %e, "publish failed");
         }
+    }
+    if !telemetry.is_empty() {
+        client.publish_telemetry(telemetry);
     }
 }
 
@@ -428,7 +459,7 @@ async fn serve<D: Driver>(
     cancel: &CancellationToken,
 ) -> Option<DeviceError> {
     let t = d.timing();
-    let mut last = Published::new();
+    let mut last = Published::new(&d.descriptor());
     // Read the full state first (it proves the link), then mark the device online —
     // the bus shows every control `stale` at that moment — then publish the state,
     // which turns each control `ok`. Panels never see an unconfirmed value as `ok`.

@@ -90,6 +90,12 @@ pub enum Command {
         /// Print the whole state record as JSON.
         #[arg(long)]
         full: bool,
+        /// Subscribe to telemetry (meter streams over UDP) instead of state.
+        #[arg(long)]
+        telemetry: bool,
+        /// Telemetry: most batches a second.
+        #[arg(long, default_value_t = 10.0)]
+        hz: f64,
     },
     /// Print a topic's retained value as JSON (exit 1 if it has none).
     Get {
@@ -219,8 +225,13 @@ async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
             count,
             seq,
             full,
+            telemetry,
+            hz,
         } => {
             let client = connect(&bus, "avbus-sub").await?;
+            if telemetry {
+                return sub_telemetry(&client, &filters, hz, count).await;
+            }
             let refs: Vec<&str> = filters.iter().map(String::as_str).collect();
             let mut sub = client.subscribe(&refs).await.map_err(|e| {
                 eprintln!("avbus: {e}");
@@ -394,6 +405,36 @@ async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
         | Command::Adapter { .. }
         | Command::Sim { .. } => Ok(ExitCode::from(2)),
     }
+}
+
+/// `avbus sub --telemetry`: one line per value, `topic value`; stale values are
+/// marked.
+async fn sub_telemetry(
+    client: &Client,
+    filters: &[String],
+    hz: f64,
+    count: Option<u64>,
+) -> Result<ExitCode, ExitCode> {
+    let mut subs = Vec::new();
+    for f in filters {
+        match client.telemetry(f, hz).await {
+            Ok(s) => subs.push(s),
+            Err(e) => {
+                eprintln!("avbus: {e}");
+                return Err(ExitCode::from(1));
+            }
+        }
+    }
+    let mut all = futures_util::stream::select_all(subs);
+    let mut seen = 0u64;
+    while count.is_none_or(|c| seen < c) {
+        let Some(v) = all.next().await else { break };
+        let stale = if v.stale { " (stale)" } else { "" };
+        outln!("{} {}{stale}", v.topic, to_json_string(&v.value));
+        seen += 1;
+    }
+    client.close().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_reply(

@@ -18,6 +18,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub commands: CommandConfig,
     pub sys: SysConfig,
+    pub telemetry: TelemetryConfig,
     /// Devices whose adapters run inside the bus (`avbus serve`) or in an adapter
     /// process (`avbus adapter`): one `[[device]]` table each.
     #[serde(rename = "device")]
@@ -58,12 +59,49 @@ pub struct Listen {
     /// TCP address for the native protocol. Default `127.0.0.1:7420`: loopback only;
     /// opening it to the network is this one explicit line (`0.0.0.0:7420`).
     pub tcp: SocketAddr,
+    /// UDP address for telemetry. Default: the TCP address (same IP and port number;
+    /// with TCP port 0, a free UDP port).
+    pub udp: Option<SocketAddr>,
 }
 
 impl Default for Listen {
     fn default() -> Self {
         Listen {
             tcp: SocketAddr::from(([127, 0, 0, 1], 7420)),
+            udp: None,
+        }
+    }
+}
+
+impl Listen {
+    /// The UDP telemetry address.
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp.unwrap_or(self.tcp)
+    }
+}
+
+/// Telemetry over UDP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Receive buffer asked of the kernel for the UDP socket, in bytes (the kernel
+    /// may grant less: see `$sys/telemetry/udp_recv_buffer`).
+    pub udp_recv_buffer: usize,
+    /// Send buffer asked of the kernel, in bytes.
+    pub udp_send_buffer: usize,
+    /// A stream with no new value for this long is marked stale, in ms.
+    pub stale_ms: u64,
+    /// Highest rate a subscriber may ask for; higher requests are lowered to it.
+    pub max_hz: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            udp_recv_buffer: 4 << 20,
+            udp_send_buffer: 4 << 20,
+            stale_ms: 2_000,
+            max_hz: 200.0,
         }
     }
 }
@@ -240,11 +278,15 @@ impl Config {
                 self.commands.max_inflight_per_device,
             ),
             ("sys.interval_ms", self.sys.interval_ms as usize),
+            ("telemetry.stale_ms", self.telemetry.stale_ms as usize),
         ];
         for (key, v) in nonzero {
             if v == 0 {
                 return Err(format!("{key} must be greater than 0"));
             }
+        }
+        if !(self.telemetry.max_hz.is_finite() && self.telemetry.max_hz > 0.0) {
+            return Err("telemetry.max_hz must be a number above 0".into());
         }
         let mut seen = std::collections::HashSet::new();
         for (i, d) in self.devices.iter().enumerate() {

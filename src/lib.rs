@@ -24,4 +24,5 @@ pub mod devices;
 pub mod model;
 pub mod protocol;
 pub mod topic;
+pub mod telemetry;
 pub mod value;

@@ -271,13 +271,27 @@ pub enum ClientMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// Subscribe to telemetry streams matching `filter`, at most `hz` batches a
+    /// second over UDP; answered with `ok {sub, streams}`.
+    Tsub { id: u64, filter: String, hz: f64 },
+    /// End telemetry subscription `sub`; answered with `ok`.
+    Tunsub { id: u64, sub: u64 },
 }
 
 /// The `t` values of [`ClientMsg`], to tell an unknown message from a malformed one.
 pub const CLIENT_MSG_TYPES: &[&str] = &[
     "hello", "sub", "unsub", "get", "pub", "set", "call", "declare", "status", "reply", "join",
-    "leave", "say", "ping", "pong", "bye",
+    "leave", "say", "ping", "pong", "bye", "tsub", "tunsub",
 ];
+
+/// A telemetry stream: the alias its datagram records carry, the meter control's
+/// topic and its channel count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamDesc {
+    pub alias: u32,
+    pub topic: String,
+    pub channels: u32,
+}
 
 /// One update of a topic, as delivered to subscribers (`t: "update"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -351,6 +365,12 @@ pub enum BusMsg {
         heartbeat_ms: u64,
         resumed: bool,
         max_frame: u64,
+        /// The bus's UDP telemetry port.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        udp: Option<u16>,
+        /// This connection's telemetry token: datagrams to the bus carry it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<u64>,
     },
     /// An error. With `id`, it answers that request. Without `id`, it concerns a
     /// message that had none (`pub` without id, `say`, `status`) or the connection
@@ -423,6 +443,8 @@ pub enum BusMsg {
         reason: String,
         message: String,
     },
+    /// New telemetry streams matching telemetry subscription `sub`.
+    Streams { sub: u64, streams: Vec<StreamDesc> },
 }
 
 /// A frame could not be decoded.

@@ -137,6 +137,17 @@ pub fn to_value<T: serde::Serialize + ?Sized>(v: &T) -> Value {
         .unwrap_or(Value::Nil)
 }
 
+/// The value under `key` in a map (`None` for other values or a missing key).
+pub fn get<'a>(map: &'a Value, key: &str) -> Option<&'a Value> {
+    match map {
+        Value::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v),
+        _ => None,
+    }
+}
+
 /// Converts a value back to a type (the inverse of [`to_value`]).
 ///
 /// # Errors

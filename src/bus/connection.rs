@@ -6,6 +6,7 @@
 //! reader (decodes frames, answers pings, forwards the rest to the router) and one
 //! writer (takes everything queued, writes it with one reused buffer, flushes once).
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
 use super::outbox::{Drain, Item, Outbox, OutboxLimits};
 use super::router::{ConnId, Hello, RouterMsg};
+use super::telemetry::{HubHandle, HubMsg};
 use crate::config::Config;
 use crate::protocol::{
     decode_client, frame, BusMsg, ClientMsg, ErrorCode, SessionId, PROTOCOL_VERSION,
@@ -31,6 +33,7 @@ const WRITE_CHUNK: usize = 64 * 1024;
 pub struct ConnCtx {
     pub cfg: Arc<Config>,
     pub router: mpsc::Sender<RouterMsg>,
+    pub hub: HubHandle,
     pub next_conn: AtomicU64,
 }
 
@@ -61,8 +64,23 @@ fn read_error(e: &std::io::Error, max: usize) -> (ErrorCode, String) {
     }
 }
 
-/// Runs one connection to its end.
-pub async fn handle<S>(stream: S, peer: String, ctx: Arc<ConnCtx>)
+/// A telemetry token: unguessable (from the operating system's random source),
+/// never 0.
+fn new_token() -> u64 {
+    loop {
+        match getrandom::u64() {
+            Ok(0) => continue,
+            Ok(t) => return t,
+            // No OS randomness is not recoverable for a server handing out tokens;
+            // fall back to a seeded generator rather than refusing the connection.
+            Err(_) => return fastrand::u64(1..),
+        }
+    }
+}
+
+/// Runs one connection to its end. `ip` is the peer's address (`None` in-process):
+/// telemetry datagrams for this connection's token must come from it.
+pub async fn handle<S>(stream: S, peer: String, ip: Option<IpAddr>, ctx: Arc<ConnCtx>)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -81,7 +99,7 @@ where
                 ErrorCode::VersionMismatch,
                 format!("client speaks protocol version {v}, this bus speaks version {PROTOCOL_VERSION}"),
             )),
-            Ok(ClientMsg::Hello { name, role, resume, .. }) => Ok(Hello { name, role, resume }),
+            Ok(ClientMsg::Hello { name, role, resume, .. }) => Ok(Hello { name, role, resume, token: new_token() }),
             Ok(_) => Err((ErrorCode::Unexpected, "the first frame must be hello".into())),
             Err(e) => Err((e.code(), e.to_string())),
         },
@@ -104,6 +122,7 @@ where
     let conn: ConnId = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = oneshot::channel();
     let name = hello.name.clone();
+    let token = hello.token;
     let connect = RouterMsg::Connect {
         hello,
         conn,
@@ -115,6 +134,17 @@ where
     }
     let Ok(session) = rx.await else { return };
     tracing::debug!(%peer, %session, %name, "connected");
+    let _ = ctx
+        .hub
+        .ctl
+        .send(HubMsg::Attach {
+            conn,
+            session,
+            token,
+            outbox: outbox.clone(),
+            peer: ip,
+        })
+        .await;
 
     let mut writer = tokio::spawn(write_loop(
         wr,
@@ -126,6 +156,7 @@ where
     let (reason, clean, writer_done) =
         read_loop(&mut reader, &outbox, &ctx, session, conn, &mut writer).await;
     tracing::debug!(%peer, %session, %name, reason, "connection ended");
+    let _ = ctx.hub.ctl.send(HubMsg::Detach { conn }).await;
     let _ = ctx
         .router
         .send(RouterMsg::Disconnected {
@@ -179,6 +210,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                     Ok(ClientMsg::Pong { .. }) => {}
                     Ok(ClientMsg::Bye { .. }) => return ("goodbye".into(), true, false),
+                    // Telemetry requests go to the hub, never through the router.
+                    Ok(ClientMsg::Tsub { id, filter, hz }) => {
+                        if ctx.hub.ctl.send(HubMsg::Subscribe { conn, id, filter, hz }).await.is_err() {
+                            return ("bus stopping".into(), false, false);
+                        }
+                    }
+                    Ok(ClientMsg::Tunsub { id, sub }) => {
+                        if ctx.hub.ctl.send(HubMsg::Unsubscribe { conn, id, sub }).await.is_err() {
+                            return ("bus stopping".into(), false, false);
+                        }
+                    }
                     Ok(msg) => {
                         if ctx.router.send(RouterMsg::Client { session, conn, msg }).await.is_err() {
                             return ("bus stopping".into(), false, false);

@@ -243,6 +243,7 @@ impl Router {
                 s.devices.remove(&key);
             }
         }
+        let streams = self.register_streams(sid, &key, &desc);
         self.devices.insert(
             key.clone(),
             DeviceEntry {
@@ -257,13 +258,45 @@ impl Router {
             s.devices.insert(key.clone());
         }
         self.publish_device(&key);
-        self.send(
-            sid,
-            frame(&BusMsg::Ok {
-                id,
-                result: Value::Nil,
-            }),
-        );
+        let result = if streams.is_empty() {
+            Value::Nil
+        } else {
+            super::router::map(vec![("streams", Value::Map(streams))])
+        };
+        self.send(sid, frame(&BusMsg::Ok { id, result }));
+    }
+
+    /// Gives the device's meter controls their telemetry aliases (stable for the
+    /// bus's run) and tells the hub who owns them; returns `{control: alias}`.
+    fn register_streams(
+        &mut self,
+        sid: SessionId,
+        key: &str,
+        desc: &DeviceDescriptor,
+    ) -> Vec<(Value, Value)> {
+        let mut infos = Vec::new();
+        let mut answer = Vec::new();
+        for c in &desc.controls {
+            let ControlKind::Meter { channels, .. } = c.kind else {
+                continue;
+            };
+            let topic: Arc<str> = format!("{key}/{}", c.name).into();
+            let next = self.aliases.len() as u32 + 1;
+            let alias = *self.aliases.entry(topic.clone()).or_insert(next);
+            answer.push((Value::from(c.name.as_str()), Value::from(alias)));
+            infos.push(super::telemetry::StreamInfo {
+                alias,
+                topic,
+                channels: channels.max(1),
+            });
+        }
+        if !infos.is_empty() {
+            self.hub.try_ctl(super::telemetry::HubMsg::Streams {
+                owner: sid,
+                streams: infos,
+            });
+        }
+        answer
     }
 
     /// An adapter resumed its session: its devices are reachable again through it;
@@ -358,49 +391,37 @@ impl Router {
                 }
             }
         };
+        if is_meter {
+            // Meters are telemetry: the hub keeps the newest value and streams it
+            // over UDP; nothing goes through the sequence.
+            if let Some(alias) = self.aliases.get(t).copied() {
+                self.hub.ingest(super::telemetry::Ingest {
+                    session: sid,
+                    values: vec![(alias, value)],
+                });
+            }
+            return Some(Ok(Seq(0)));
+        }
         let st = d.controls.get_mut(control)?;
         st.value = value;
         st.quality = match quality {
             Some(Quality::Stale) => Quality::Stale,
             _ => Quality::Ok,
         };
-        if is_meter {
-            // Meters are telemetry: the newest value is kept for `get`, but not
-            // streamed through the sequence (the UDP telemetry path carries them).
-            return Some(Ok(Seq(0)));
-        }
         self.publish_control(key, control);
         Some(Ok(self.current_seq()))
     }
 
-    /// The record of a meter control with its newest value, for `get` (meter values
-    /// do not go through the sequence, so the retained record lags behind).
-    pub(super) fn meter_value(&self, topic: &str) -> Option<Value> {
+    /// For a meter control's topic: whether its device is online (`None`: not a
+    /// meter). Meter values live in the telemetry hub, which answers `get`.
+    pub(super) fn meter_online(&self, topic: &str) -> Option<bool> {
         let (key, control) = topic.rsplit_once('/')?;
         let d = self.devices.get(key)?;
         let spec = d.desc.control(control)?;
         if !matches!(spec.kind, ControlKind::Meter { .. }) {
             return None;
         }
-        let st = d.controls.get(control)?;
-        let quality = if self.device_online(key) {
-            st.quality
-        } else {
-            Quality::Offline
-        };
-        let record = crate::protocol::UpdateRef {
-            seq: self.current_seq(),
-            topic,
-            value: &st.value,
-            time: now_ms(),
-            retain: true,
-            quality: Some(quality),
-            position: None,
-            display: None,
-            target: None,
-            deadline: None,
-        };
-        Some(crate::value::to_value(&record))
+        Some(self.device_online(key))
     }
 
     pub(super) fn command(

@@ -16,6 +16,7 @@ pub mod outbox;
 mod replay;
 pub mod router;
 mod subs;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -46,9 +47,16 @@ const LOCAL_BACKLOG: usize = 64;
 #[derive(Clone)]
 pub struct LocalConnector {
     tx: mpsc::Sender<DuplexStream>,
+    hub: telemetry::HubHandle,
 }
 
 impl LocalConnector {
+    /// The bus's telemetry hub: in-process adapters publish meter values to it
+    /// directly, without UDP.
+    pub fn hub(&self) -> telemetry::HubHandle {
+        self.hub.clone()
+    }
+
     /// Opens a connection; `None` when the bus has stopped.
     pub async fn connect(&self) -> Option<DuplexStream> {
         let (ours, theirs) = tokio::io::duplex(LOCAL_PIPE);
@@ -61,6 +69,8 @@ impl LocalConnector {
 pub struct BusHandle {
     /// The bound TCP address (useful with port 0).
     pub tcp: SocketAddr,
+    /// The bound UDP telemetry address.
+    pub udp: SocketAddr,
     /// This run's epoch.
     pub epoch: Epoch,
     local: LocalConnector,
@@ -69,6 +79,11 @@ pub struct BusHandle {
 }
 
 impl BusHandle {
+    /// The telemetry hub, for in-process adapters publishing meter values.
+    pub fn hub(&self) -> telemetry::HubHandle {
+        self.local.hub()
+    }
+
     /// A connector for in-process clients.
     pub fn local(&self) -> LocalConnector {
         self.local.clone()
@@ -110,8 +125,10 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
 
+    let hub = telemetry::start(&cfg, cfg.listen.udp_addr(), cancel.clone(), &tracker)?;
+    let udp = hub.udp;
     let (router_tx, router_rx) = mpsc::channel(ROUTER_QUEUE);
-    let router = Router::new(cfg.clone(), epoch);
+    let router = Router::new(cfg.clone(), epoch, hub.clone());
     let router_cancel = cancel.clone();
     tracker.spawn(router.run(router_rx, router_cancel));
 
@@ -119,6 +136,7 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
     let ctx = Arc::new(ConnCtx {
         cfg: cfg.clone(),
         router: router_tx,
+        hub: hub.clone(),
         next_conn: AtomicU64::new(1),
     });
     tracker.spawn(accept_loop(
@@ -128,11 +146,15 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
         cancel.clone(),
         tracker.clone(),
     ));
-    tracing::info!(%tcp, epoch = epoch.0, "bus listening");
+    tracing::info!(%tcp, %udp, epoch = epoch.0, "bus listening");
     Ok(BusHandle {
         tcp,
+        udp,
         epoch,
-        local: LocalConnector { tx: local_tx },
+        local: LocalConnector {
+            tx: local_tx,
+            hub: hub.clone(),
+        },
         cancel,
         tracker,
     })
@@ -161,7 +183,7 @@ async fn accept_loop(
                     };
                     let ctx = ctx.clone();
                     tracker.spawn(async move {
-                        handle(stream, peer.to_string(), ctx).await;
+                        handle(stream, peer.to_string(), Some(peer.ip()), ctx).await;
                         drop(permit);
                     });
                 }
@@ -174,7 +196,7 @@ async fn accept_loop(
             },
             Some(pipe) = local.recv() => {
                 let ctx = ctx.clone();
-                tracker.spawn(handle(pipe, "in-process".into(), ctx));
+                tracker.spawn(handle(pipe, "in-process".into(), None, ctx));
             }
         }
     }
@@ -203,6 +225,7 @@ pub fn ready_line(handle: &BusHandle) -> String {
     serde_json::json!({
         "ready": {
             "tcp": handle.tcp.to_string(),
+            "udp": handle.udp.to_string(),
             "epoch": handle.epoch.0,
             "pid": std::process::id(),
         }

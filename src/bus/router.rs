@@ -22,6 +22,7 @@ use super::devices::{DeviceEntry, PendingCmd};
 use super::outbox::{Outbox, OutboxStats, Pushed};
 use super::replay::ReplayLog;
 use super::subs::SubTree;
+use super::telemetry::HubHandle;
 use crate::config::Config;
 use crate::model::Quality;
 use crate::protocol::{
@@ -52,6 +53,8 @@ pub struct Hello {
     pub name: String,
     pub role: Role,
     pub resume: Option<Resume>,
+    /// This connection's telemetry token (for `welcome`).
+    pub token: u64,
 }
 
 /// Messages to the router.
@@ -158,13 +161,17 @@ pub struct Router {
     pub(super) next_cmd: u64,
     buf: BytesMut,
     scratch: Vec<SessionId>,
+    /// The telemetry hub (never awaited: `try_send` only).
+    pub(super) hub: HubHandle,
+    /// Telemetry aliases of meter topics, stable for the bus's run.
+    pub(super) aliases: HashMap<Arc<str>, u32>,
     sys_last: HashMap<String, Value>,
     totals: OutboxStats,
     connections: usize,
 }
 
 impl Router {
-    pub fn new(cfg: Arc<Config>, epoch: Epoch) -> Router {
+    pub fn new(cfg: Arc<Config>, epoch: Epoch, hub: HubHandle) -> Router {
         let replay = ReplayLog::new(cfg.limits.replay_entries, cfg.limits.replay_bytes);
         Router {
             cfg,
@@ -182,6 +189,8 @@ impl Router {
             next_cmd: 1,
             buf: BytesMut::with_capacity(64 * 1024),
             scratch: Vec::new(),
+            hub,
+            aliases: HashMap::new(),
             sys_last: HashMap::new(),
             totals: OutboxStats::default(),
             connections: 0,
@@ -287,6 +296,7 @@ impl Router {
         let resumable = hello
             .resume
             .filter(|r| r.epoch == self.epoch && self.sessions.contains_key(&r.session));
+        let token = hello.token;
         let (sid, resumed) = match resumable {
             Some(r) => {
                 let s = self.sessions.get_mut(&r.session).expect("checked above");
@@ -338,6 +348,8 @@ impl Router {
                 heartbeat_ms: self.cfg.session.heartbeat_ms,
                 resumed: resumed.is_some(),
                 max_frame: self.cfg.limits.max_frame_bytes as u64,
+                udp: Some(self.hub.udp.port()),
+                token: Some(token),
             }),
         );
         if let Some(last_seq) = resumed {
@@ -705,6 +717,9 @@ impl Router {
         for (name, v) in counters {
             self.publish_sys_value(format!("$sys/{name}"), Value::from(v));
         }
+        for (name, v) in self.hub.stats.snapshot() {
+            self.publish_sys_value(format!("$sys/telemetry/{name}"), Value::from(v));
+        }
     }
 
     // ----- client messages ------------------------------------------------------
@@ -776,7 +791,12 @@ impl Router {
                 self.error(sid, None, ErrorCode::Unexpected, "hello sent twice".into());
             }
             // Heartbeats and goodbyes are handled by the connection task.
-            ClientMsg::Ping { .. } | ClientMsg::Pong { .. } | ClientMsg::Bye { .. } => {}
+            // Answered by the connection or the telemetry hub directly.
+            ClientMsg::Ping { .. }
+            | ClientMsg::Pong { .. }
+            | ClientMsg::Bye { .. }
+            | ClientMsg::Tsub { .. }
+            | ClientMsg::Tunsub { .. } => {}
         }
     }
 
@@ -817,8 +837,29 @@ impl Router {
     }
 
     fn get(&mut self, sid: SessionId, id: u64, topic: &str) {
-        let record = self.meter_value(topic).or_else(|| {
-            let r = self.retained.get(topic)?;
+        if let Some(online) = self.meter_online(topic) {
+            // Meter values live in the telemetry hub, which answers.
+            let Some(outbox) = self
+                .sessions
+                .get(&sid)
+                .and_then(|s| s.conn.as_ref())
+                .map(|c| c.outbox.clone())
+            else {
+                return;
+            };
+            let msg = super::telemetry::HubMsg::Get {
+                outbox,
+                id,
+                topic: topic.to_owned(),
+                seq: self.seq.0,
+                online,
+            };
+            if !self.hub.try_ctl(msg) {
+                self.error(sid, Some(id), ErrorCode::Busy, "telemetry hub busy".into());
+            }
+            return;
+        }
+        let record = self.retained.get(topic).and_then(|r| {
             rmpv::decode::read_value(&mut &r.frame[crate::protocol::LEN_PREFIX..]).ok()
         });
         match record {

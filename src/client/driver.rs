@@ -28,6 +28,7 @@ use crate::protocol::{
     WireError, PROTOCOL_VERSION,
 };
 use crate::topic::matches;
+use super::telemetry::LinkMsg;
 
 /// Fire-and-forget messages kept while disconnected; the oldest are dropped beyond.
 const PARKED: usize = 1024;
@@ -105,6 +106,13 @@ struct Driver {
     subs: HashMap<u64, LocalSub>,
     requests: HashMap<u64, PendingReq>,
     declared: BTreeMap<String, (DeviceDescriptor, bool)>,
+    /// Ids of `declare` requests in flight → device key (their answers carry the
+    /// telemetry aliases of the device's meters).
+    declare_ids: HashMap<u64, String>,
+    /// Telemetry subscriptions: id → (filter, hz), re-made on every connection
+    /// (the bus keeps them per connection, with its telemetry token).
+    tsubs: BTreeMap<u64, (String, f64)>,
+    tsub_replies: HashMap<u64, oneshot::Sender<Answer>>,
     rooms: BTreeSet<String>,
     commands: Option<mpsc::Sender<IncomingCommand>>,
     room_tx: Option<mpsc::Sender<RoomEvent>>,
@@ -142,6 +150,9 @@ pub(crate) async fn run(
         subs: HashMap::new(),
         requests: HashMap::new(),
         declared: BTreeMap::new(),
+        declare_ids: HashMap::new(),
+        tsubs: BTreeMap::new(),
+        tsub_replies: HashMap::new(),
         rooms: BTreeSet::new(),
         commands: None,
         room_tx: None,
@@ -244,12 +255,14 @@ impl Driver {
     }
 
     async fn handshake(&mut self, opts: &ClientOptions) -> Result<Conn, Error> {
+        let mut bus_ip = None;
         let io: Box<dyn Io> = match &opts.endpoint {
             Endpoint::Tcp(addr) => {
                 let s = tokio::net::TcpStream::connect(addr.as_str())
                     .await
                     .map_err(|e| Error::Connect(format!("{addr}: {e}")))?;
                 let _ = s.set_nodelay(true);
+                bus_ip = s.peer_addr().ok().map(|a| a.ip());
                 Box::new(s)
             }
             Endpoint::Local(c) => Box::new(
@@ -295,9 +308,21 @@ impl Driver {
                 seq,
                 heartbeat_ms,
                 resumed,
+                udp,
+                token,
                 ..
             } => {
                 self.shared.session.store(session.0, Ordering::Relaxed);
+                let udp = match (&opts.endpoint, udp) {
+                    (_, None) => None,
+                    (Endpoint::Tcp(_), Some(port)) => bus_ip.map(|ip| (ip, port).into()),
+                    (Endpoint::Local(c), Some(_)) => Some(c.hub().udp),
+                };
+                self.shared.link.send(LinkMsg::Endpoint {
+                    udp,
+                    token: token.unwrap_or(0),
+                    session,
+                });
                 if !resumed {
                     self.last_seq = seq;
                 }
@@ -350,6 +375,7 @@ impl Driver {
         for (device, online) in declared {
             if !self.requests.values().any(|p| matches!(&p.msg, ClientMsg::Declare { device: d, .. } if d.key() == device.key())) {
                 let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+                self.declare_ids.insert(id, device.key());
                 self.write(&ClientMsg::Declare { id, device, online });
             }
         }
@@ -360,6 +386,14 @@ impl Driver {
         }
         while let Some(msg) = self.parked.pop_front() {
             self.write(&msg);
+        }
+        let tsubs: Vec<(u64, String, f64)> = self
+            .tsubs
+            .iter()
+            .map(|(id, (f, hz))| (*id, f.clone(), *hz))
+            .collect();
+        for (id, filter, hz) in tsubs {
+            self.write(&ClientMsg::Tsub { id, filter, hz });
         }
     }
 
@@ -507,6 +541,7 @@ impl Driver {
                 reply,
             } => {
                 self.declared.insert(device.key(), (device.clone(), online));
+                self.declare_ids.insert(id, device.key());
                 let msg = ClientMsg::Declare { id, device, online };
                 out = Some(msg.clone());
                 self.requests.insert(id, PendingReq { msg, reply });
@@ -534,6 +569,23 @@ impl Driver {
                 let msg = ClientMsg::Leave { id, room };
                 out = Some(msg.clone());
                 self.requests.insert(id, PendingReq { msg, reply });
+            }
+            Req::Tsub {
+                id,
+                filter,
+                hz,
+                reply,
+            } => {
+                self.tsubs.insert(id, (filter.clone(), hz));
+                self.tsub_replies.insert(id, reply);
+                out = Some(ClientMsg::Tsub { id, filter, hz });
+            }
+            Req::Tunsub { sub } => {
+                self.shared.link.send(LinkMsg::Unsub { id: sub });
+                if self.tsubs.remove(&sub).is_some() && connected {
+                    let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+                    out = Some(ClientMsg::Tunsub { id, sub });
+                }
             }
             Req::Commands(tx) => self.commands = Some(tx),
             Req::Rooms(tx) => self.room_tx = Some(tx),
@@ -645,6 +697,17 @@ impl Driver {
                 self.deliver(SubEvent::Gap { dropped, conflated }, None, None);
             }
             BusMsg::Ok { id, result } => {
+                if self.tsubs.contains_key(&id) {
+                    let streams = super::parse_streams(&result);
+                    self.shared.link.send(LinkMsg::Streams { sub: id, streams });
+                    if let Some(reply) = self.tsub_replies.remove(&id) {
+                        let _ = reply.send(Answer::Ok(result));
+                    }
+                    return;
+                }
+                if let Some(key) = self.declare_ids.remove(&id) {
+                    self.owned_streams(&key, &result);
+                }
                 if let Some(p) = self.requests.remove(&id) {
                     let _ = p.reply.send(Answer::Ok(result));
                 }
@@ -659,7 +722,11 @@ impl Driver {
                 code,
                 message,
             } => {
-                if let Some(p) = self.requests.remove(&id) {
+                self.declare_ids.remove(&id);
+                if let Some(reply) = self.tsub_replies.remove(&id) {
+                    self.tsubs.remove(&id);
+                    let _ = reply.send(Answer::Err(code, message));
+                } else if let Some(p) = self.requests.remove(&id) {
                     let _ = p.reply.send(Answer::Err(code, message));
                 } else if let Some(s) = self.subs.remove(&id) {
                     if let Some(reply) = s.reply {
@@ -748,6 +815,23 @@ impl Driver {
             BusMsg::Welcome { .. } => {
                 tracing::warn!("unexpected second welcome from the bus");
             }
+            BusMsg::Streams { sub, streams } => {
+                self.shared.link.send(LinkMsg::Streams { sub, streams });
+            }
+        }
+    }
+
+    /// A `declare` answer lists the telemetry aliases of the device's meters.
+    fn owned_streams(&self, key: &str, result: &rmpv::Value) {
+        let Some(rmpv::Value::Map(streams)) = crate::value::get(result, "streams") else {
+            return;
+        };
+        let owned: Vec<(String, u32)> = streams
+            .iter()
+            .filter_map(|(k, v)| Some((format!("{key}/{}", k.as_str()?), v.as_u64()? as u32)))
+            .collect();
+        if !owned.is_empty() {
+            self.shared.link.send(LinkMsg::Owned(owned));
         }
     }
 

@@ -25,6 +25,9 @@
 //! ```
 
 mod driver;
+pub mod telemetry;
+
+pub use telemetry::{StreamStats, TelemetryStats, TelemetrySubscription, TelemetryValue};
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -332,6 +335,16 @@ pub(crate) enum Req {
         room: String,
         reply: oneshot::Sender<Answer>,
     },
+    /// A telemetry subscription (kept and re-made on every connection).
+    Tsub {
+        id: u64,
+        filter: String,
+        hz: f64,
+        reply: oneshot::Sender<Answer>,
+    },
+    Tunsub {
+        sub: u64,
+    },
     Commands(mpsc::Sender<IncomingCommand>),
     Rooms(mpsc::Sender<RoomEvent>),
     Ping(oneshot::Sender<Duration>),
@@ -343,6 +356,19 @@ pub(crate) struct Shared {
     session: AtomicU64,
     /// Last measured round trip in µs (0: none yet).
     rtt_us: AtomicU64,
+    /// The telemetry link (UDP, or the in-process hub).
+    link: telemetry::LinkHandle,
+}
+
+/// The `streams` list of a `tsub` answer (or of a `streams` message).
+pub(crate) fn parse_streams(result: &Value) -> Vec<crate::protocol::StreamDesc> {
+    let list = match result {
+        Value::Map(_) => crate::value::get(result, "streams").cloned(),
+        Value::Array(_) => Some(result.clone()),
+        _ => None,
+    };
+    list.and_then(|l| crate::value::from_value(&l).ok())
+        .unwrap_or_default()
 }
 
 /// A handle to a connection to the bus. Clone it freely; the connection closes when
@@ -374,6 +400,10 @@ impl Client {
             next_id: AtomicU64::new(1),
             session: AtomicU64::new(0),
             rtt_us: AtomicU64::new(0),
+            link: telemetry::spawn(match &opts.endpoint {
+                Endpoint::Local(c) => Some(c.hub()),
+                Endpoint::Tcp(_) => None,
+            }),
         });
         let opts = Arc::new(opts);
         let client = Client {
@@ -651,6 +681,57 @@ impl Client {
             Answer::Err(code, message) => Err(Error::Bus { code, message }),
             _ => Ok(()),
         }
+    }
+
+    /// Subscribes to the telemetry streams (meter controls) matching `filter`: the
+    /// bus sends the newest value of each at most `hz` times a second over UDP,
+    /// never a backlog. Re-made automatically after a reconnect.
+    ///
+    /// # Errors
+    /// [`Error::Bus`] with `invalid_filter` or `limit`; [`Error::Timeout`],
+    /// [`Error::Closed`].
+    pub async fn telemetry(&self, filter: &str, hz: f64) -> Result<TelemetrySubscription, Error> {
+        let id = self.id();
+        let (tx, rx) = mpsc::channel(telemetry::TELEMETRY_QUEUE);
+        let stats = Arc::new(std::sync::Mutex::new(TelemetryStats::default()));
+        self.shared.link.send(telemetry::LinkMsg::Sub {
+            id,
+            tx,
+            stats: stats.clone(),
+        });
+        let (reply, answer) = oneshot::channel();
+        self.send(Req::Tsub {
+            id,
+            filter: filter.into(),
+            hz,
+            reply,
+        })
+        .await?;
+        let streams = match self.wait(answer, self.opts.request_timeout).await? {
+            Answer::Ok(result) => parse_streams(&result),
+            Answer::Err(code, message) => {
+                self.shared.link.send(telemetry::LinkMsg::Unsub { id });
+                return Err(Error::Bus { code, message });
+            }
+            Answer::Puback(_) => Vec::new(),
+        };
+        let tx = self.tx.clone();
+        Ok(TelemetrySubscription {
+            id,
+            rx,
+            stats,
+            streams,
+            unsub: Some(Box::new(move || {
+                let _ = tx.try_send(Req::Tunsub { sub: id });
+            })),
+        })
+    }
+
+    /// Adapter: publishes new values of its devices' meter controls as telemetry
+    /// (`(topic, value)`; numbers and arrays of numbers travel as f32). Never waits:
+    /// values are dropped when the link is behind, and newer ones follow.
+    pub fn publish_telemetry(&self, values: Vec<(String, Value)>) {
+        self.shared.link.send(telemetry::LinkMsg::Publish(values));
     }
 
     /// Adapter: reports a declared device (`room/name`) reachable or not.

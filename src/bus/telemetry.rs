@@ -1,0 +1,848 @@
+//! The telemetry hub: one task that owns the UDP socket, every telemetry stream's
+//! newest value and every telemetry subscription.
+//!
+//! ```text
+//!  UDP socket ──(bind, publish)──> hub ──(data, at each subscriber's rate)──> UDP
+//!  in-process adapters ─(INGEST_QUEUE, try_send)─┘  │
+//!  connection readers ─(tsub/tunsub, HUB_QUEUE)─────┤  answers → the connection's Outbox
+//!  router ─(streams, get, TCP meter pub; try_send)──┘
+//! ```
+//!
+//! Telemetry never shares a queue with control: the router never waits on the hub
+//! (it uses `try_send`), the hub never waits on anything (sends are `try_send_to`:
+//! a full socket buffer drops the datagram and counts it), and a subscriber gets the
+//! newest value of each dirty stream when its [`RateGate`] opens — never a backlog.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::outbox::Outbox;
+use super::router::{map, ConnId};
+use crate::config::Config;
+use crate::model::Quality;
+use crate::protocol::{frame, BusMsg, ErrorCode, SessionId, StreamDesc};
+use crate::telemetry::{
+    decode_header, decode_value, encode_value, put_header, records, DatagramError, Format, Kind,
+    RateGate, Record, CHUNK_VALUES, FLAG_STALE, MAX_DATAGRAM, RECORD_HEADER,
+};
+use crate::topic::Filter;
+use crate::value::Value;
+
+/// Control messages waiting for the hub (connection readers wait when it is full;
+/// the router uses `try_send` and counts a full queue).
+pub const HUB_QUEUE: usize = 4096;
+/// In-process telemetry batches waiting for the hub; when full, batches are dropped
+/// and counted (newer values follow).
+pub const INGEST_QUEUE: usize = 1024;
+/// Telemetry subscriptions one connection may hold.
+pub const MAX_TSUBS: usize = 256;
+/// Datagrams read per wake-up before other work gets a turn.
+const RECV_BURST: usize = 256;
+
+/// One telemetry stream (a `meter` control), as the router registers it.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    pub alias: u32,
+    pub topic: Arc<str>,
+    pub channels: u32,
+}
+
+/// Messages to the hub.
+pub enum HubMsg {
+    /// A connection's telemetry identity (sent once its session is known).
+    Attach {
+        conn: ConnId,
+        session: SessionId,
+        token: u64,
+        outbox: Arc<Outbox>,
+        /// The TCP peer's address: UDP datagrams for this token must come from it.
+        /// `None` for in-process connections.
+        peer: Option<IpAddr>,
+    },
+    Detach {
+        conn: ConnId,
+    },
+    /// Streams declared (or re-declared) by an adapter's session.
+    Streams {
+        owner: SessionId,
+        streams: Vec<StreamInfo>,
+    },
+    Subscribe {
+        conn: ConnId,
+        id: u64,
+        filter: String,
+        hz: f64,
+    },
+    Unsubscribe {
+        conn: ConnId,
+        id: u64,
+        sub: u64,
+    },
+    /// `get` of a meter topic, answered into `outbox`.
+    Get {
+        outbox: Arc<Outbox>,
+        id: u64,
+        topic: String,
+        seq: u64,
+        online: bool,
+    },
+}
+
+/// New values from an in-process adapter or a TCP `pub` of a meter control.
+pub struct Ingest {
+    pub session: SessionId,
+    pub values: Vec<(u32, Value)>,
+}
+
+/// Counters, read by the router for `$sys/telemetry/...`.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub datagrams_in: AtomicU64,
+    pub values_in: AtomicU64,
+    pub datagrams_out: AtomicU64,
+    pub send_dropped: AtomicU64,
+    pub ingest_dropped: AtomicU64,
+    pub drop_truncated: AtomicU64,
+    pub drop_oversized: AtomicU64,
+    pub drop_bad_magic: AtomicU64,
+    pub drop_bad_version: AtomicU64,
+    pub drop_bad_type: AtomicU64,
+    pub drop_bad_record: AtomicU64,
+    pub drop_unknown_token: AtomicU64,
+    pub drop_wrong_source: AtomicU64,
+    pub drop_not_owner: AtomicU64,
+    pub drop_unknown_alias: AtomicU64,
+    pub streams: AtomicU64,
+    pub subscriptions: AtomicU64,
+    pub recv_buffer: AtomicU64,
+    pub send_buffer: AtomicU64,
+}
+
+impl Stats {
+    /// `(name, value)` pairs, as published under `$sys/telemetry/`.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("datagrams_in", g(&self.datagrams_in)),
+            ("values_in", g(&self.values_in)),
+            ("datagrams_out", g(&self.datagrams_out)),
+            ("send_dropped", g(&self.send_dropped)),
+            ("ingest_dropped", g(&self.ingest_dropped)),
+            ("dropped/truncated", g(&self.drop_truncated)),
+            ("dropped/oversized", g(&self.drop_oversized)),
+            ("dropped/bad_magic", g(&self.drop_bad_magic)),
+            ("dropped/bad_version", g(&self.drop_bad_version)),
+            ("dropped/bad_type", g(&self.drop_bad_type)),
+            ("dropped/bad_record", g(&self.drop_bad_record)),
+            ("dropped/unknown_token", g(&self.drop_unknown_token)),
+            ("dropped/wrong_source", g(&self.drop_wrong_source)),
+            ("dropped/not_owner", g(&self.drop_not_owner)),
+            ("dropped/unknown_alias", g(&self.drop_unknown_alias)),
+            ("streams", g(&self.streams)),
+            ("subscriptions", g(&self.subscriptions)),
+            ("udp_recv_buffer", g(&self.recv_buffer)),
+            ("udp_send_buffer", g(&self.send_buffer)),
+        ]
+    }
+
+    fn count_error(&self, e: DatagramError) {
+        let c = match e {
+            DatagramError::Truncated => &self.drop_truncated,
+            DatagramError::Oversized => &self.drop_oversized,
+            DatagramError::BadMagic => &self.drop_bad_magic,
+            DatagramError::BadVersion => &self.drop_bad_version,
+            DatagramError::BadType => &self.drop_bad_type,
+            DatagramError::BadRecord => &self.drop_bad_record,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The senders other tasks use to reach the hub.
+#[derive(Clone)]
+pub struct HubHandle {
+    pub ctl: mpsc::Sender<HubMsg>,
+    pub ingest: mpsc::Sender<Ingest>,
+    pub stats: Arc<Stats>,
+    /// The bound UDP address.
+    pub udp: SocketAddr,
+}
+
+impl HubHandle {
+    /// Queues in-process values; drops (and counts) them when the hub is behind.
+    pub fn ingest(&self, batch: Ingest) {
+        if self.ingest.try_send(batch).is_err() {
+            self.stats.ingest_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A control message from the router, which never waits on the hub.
+    pub fn try_ctl(&self, msg: HubMsg) -> bool {
+        let ok = self.ctl.try_send(msg).is_ok();
+        if !ok {
+            self.stats.ingest_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("telemetry hub queue full; a control message was dropped");
+        }
+        ok
+    }
+}
+
+struct Stream {
+    topic: Arc<str>,
+    owner: SessionId,
+    channels: u32,
+    /// Sequence of values encoded by the hub itself (in-process and TCP sources).
+    seq: u32,
+    time_us: u64,
+    /// The newest value: one record per chunk, encoded once, shared by every batch.
+    records: Vec<Bytes>,
+    last_in: Option<Instant>,
+    stale: bool,
+    subs: Vec<u64>,
+}
+
+struct Sink {
+    session: SessionId,
+    outbox: Arc<Outbox>,
+    peer: Option<IpAddr>,
+    udp: Option<SocketAddr>,
+    dseq: u32,
+    subs: Vec<u64>,
+}
+
+struct TSub {
+    conn: ConnId,
+    id: u64,
+    filter: Filter,
+    gate: RateGate,
+    dirty: Vec<u32>,
+    queued: bool,
+}
+
+/// Binds the UDP socket (buffer sizes from the config) and starts the hub.
+///
+/// # Errors
+/// The bind error, naming the address.
+pub fn start(
+    cfg: &Arc<Config>,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) -> std::io::Result<HubHandle> {
+    let named = |e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("cannot listen on udp {addr}: {e}"))
+    };
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+        .map_err(named)?;
+    // Ask for large buffers; the kernel may cap them (net.core.rmem_max), so the
+    // sizes granted are read back and reported in `$sys/telemetry/`.
+    let _ = sock.set_recv_buffer_size(cfg.telemetry.udp_recv_buffer);
+    let _ = sock.set_send_buffer_size(cfg.telemetry.udp_send_buffer);
+    sock.set_nonblocking(true).map_err(named)?;
+    sock.bind(&addr.into()).map_err(named)?;
+    let stats = Arc::new(Stats::default());
+    stats.recv_buffer.store(
+        sock.recv_buffer_size().unwrap_or(0) as u64,
+        Ordering::Relaxed,
+    );
+    stats.send_buffer.store(
+        sock.send_buffer_size().unwrap_or(0) as u64,
+        Ordering::Relaxed,
+    );
+    let socket = UdpSocket::from_std(sock.into())?;
+    let udp = socket.local_addr()?;
+    let (ctl_tx, ctl_rx) = mpsc::channel(HUB_QUEUE);
+    let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE);
+    let hub = Hub {
+        socket,
+        stats: stats.clone(),
+        stale_after: Duration::from_millis(cfg.telemetry.stale_ms),
+        max_hz: cfg.telemetry.max_hz,
+        streams: HashMap::new(),
+        by_topic: HashMap::new(),
+        sinks: HashMap::new(),
+        by_token: HashMap::new(),
+        subs: HashMap::new(),
+        next_sub: 1,
+        dirty_subs: Vec::new(),
+        out: BytesMut::with_capacity(MAX_DATAGRAM),
+        scratch: BytesMut::with_capacity(MAX_DATAGRAM),
+    };
+    tracker.spawn(hub.run(ctl_rx, ingest_rx, cancel));
+    Ok(HubHandle {
+        ctl: ctl_tx,
+        ingest: ingest_tx,
+        stats,
+        udp,
+    })
+}
+
+struct Hub {
+    socket: UdpSocket,
+    stats: Arc<Stats>,
+    stale_after: Duration,
+    max_hz: f64,
+    streams: HashMap<u32, Stream>,
+    by_topic: HashMap<Arc<str>, u32>,
+    sinks: HashMap<ConnId, Sink>,
+    by_token: HashMap<u64, ConnId>,
+    subs: HashMap<u64, TSub>,
+    next_sub: u64,
+    /// Subscriptions with values waiting for their gate.
+    dirty_subs: Vec<u64>,
+    /// The datagram being assembled (reused).
+    out: BytesMut,
+    scratch: BytesMut,
+}
+
+impl Hub {
+    async fn run(
+        mut self,
+        mut ctl: mpsc::Receiver<HubMsg>,
+        mut ingest: mpsc::Receiver<Ingest>,
+        cancel: CancellationToken,
+    ) {
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let check = (self.stale_after / 4).max(Duration::from_millis(20));
+        let mut stale_tick = tokio::time::interval(check);
+        stale_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wake: Option<Instant> = None;
+        loop {
+            let sleep = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now));
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                m = ctl.recv() => match m {
+                    Some(m) => self.control(m),
+                    None => return,
+                },
+                r = self.socket.readable() => {
+                    if r.is_ok() {
+                        self.read_burst(&mut buf);
+                    }
+                }
+                Some(batch) = ingest.recv() => self.ingest_local(batch),
+                _ = sleep, if wake.is_some() => {}
+                _ = stale_tick.tick(), if !self.streams.is_empty() => self.check_stale(),
+            }
+            wake = self.flush(Instant::now());
+        }
+    }
+
+    fn control(&mut self, m: HubMsg) {
+        match m {
+            HubMsg::Attach {
+                conn,
+                session,
+                token,
+                outbox,
+                peer,
+            } => {
+                self.by_token.insert(token, conn);
+                self.sinks.insert(
+                    conn,
+                    Sink {
+                        session,
+                        outbox,
+                        peer,
+                        udp: None,
+                        dseq: 0,
+                        subs: Vec::new(),
+                    },
+                );
+            }
+            HubMsg::Detach { conn } => {
+                self.by_token.retain(|_, c| *c != conn);
+                if let Some(sink) = self.sinks.remove(&conn) {
+                    for key in sink.subs {
+                        self.remove_sub(key);
+                    }
+                }
+            }
+            HubMsg::Streams { owner, streams } => self.add_streams(owner, streams),
+            HubMsg::Subscribe {
+                conn,
+                id,
+                filter,
+                hz,
+            } => self.subscribe(conn, id, &filter, hz),
+            HubMsg::Unsubscribe { conn, id, sub } => {
+                let Some(sink) = self.sinks.get_mut(&conn) else {
+                    return;
+                };
+                let key = sink
+                    .subs
+                    .iter()
+                    .copied()
+                    .find(|k| self.subs.get(k).is_some_and(|s| s.id == sub));
+                let outbox = sink.outbox.clone();
+                match key {
+                    Some(k) => {
+                        sink.subs.retain(|x| *x != k);
+                        self.remove_sub(k);
+                        let _ = outbox.push(frame(&BusMsg::Ok {
+                            id,
+                            result: Value::Nil,
+                        }));
+                    }
+                    None => {
+                        let _ = outbox.push(frame(&BusMsg::Error {
+                            id: Some(id),
+                            code: ErrorCode::UnknownTopic,
+                            message: format!("no telemetry subscription {sub}"),
+                        }));
+                    }
+                }
+            }
+            HubMsg::Get {
+                outbox,
+                id,
+                topic,
+                seq,
+                online,
+            } => {
+                let record = self.by_topic.get(topic.as_str()).and_then(|a| {
+                    let s = self.streams.get(a)?;
+                    let recs: Vec<Record> = s.records.iter().filter_map(|b| parse_record(b)).collect();
+                    let value = decode_value(&recs).unwrap_or(Value::Nil);
+                    let quality = if !online {
+                        Quality::Offline
+                    } else if s.stale || s.records.is_empty() {
+                        Quality::Stale
+                    } else {
+                        Quality::Ok
+                    };
+                    Some(map(vec![
+                        ("seq", Value::from(seq)),
+                        ("topic", Value::from(topic.as_str())),
+                        ("value", value),
+                        ("time", Value::from(s.time_us / 1000)),
+                        ("retain", Value::Boolean(true)),
+                        ("quality", crate::value::to_value(&quality)),
+                    ]))
+                });
+                let f = match record {
+                    Some(result) => frame(&BusMsg::Ok { id, result }),
+                    None => frame(&BusMsg::Error {
+                        id: Some(id),
+                        code: ErrorCode::UnknownTopic,
+                        message: format!("{topic} is not a telemetry stream"),
+                    }),
+                };
+                let _ = outbox.push(f);
+            }
+        }
+    }
+
+    fn add_streams(&mut self, owner: SessionId, streams: Vec<StreamInfo>) {
+        for info in streams {
+            let alias = info.alias;
+            let known = match self.streams.get_mut(&alias) {
+                Some(s) => {
+                    s.owner = owner;
+                    if s.channels != info.channels {
+                        s.channels = info.channels;
+                        s.records.clear();
+                    }
+                    true
+                }
+                None => {
+                    self.streams.insert(
+                        alias,
+                        Stream {
+                            topic: info.topic.clone(),
+                            owner,
+                            channels: info.channels,
+                            seq: 0,
+                            time_us: 0,
+                            records: Vec::new(),
+                            last_in: None,
+                            stale: true,
+                            subs: Vec::new(),
+                        },
+                    );
+                    self.by_topic.insert(info.topic.clone(), alias);
+                    false
+                }
+            };
+            if known {
+                continue;
+            }
+            // Tell the subscriptions this new stream matches.
+            let matching: Vec<u64> = self
+                .subs
+                .iter()
+                .filter(|(_, s)| s.filter.matches(&info.topic))
+                .map(|(k, _)| *k)
+                .collect();
+            let desc = StreamDesc {
+                alias,
+                topic: info.topic.to_string(),
+                channels: info.channels,
+            };
+            for key in matching {
+                let sub = &self.subs[&key];
+                if let Some(sink) = self.sinks.get(&sub.conn) {
+                    let _ = sink.outbox.push(frame(&BusMsg::Streams {
+                        sub: sub.id,
+                        streams: vec![desc.clone()],
+                    }));
+                }
+                if let Some(s) = self.streams.get_mut(&alias) {
+                    s.subs.push(key);
+                }
+            }
+        }
+        self.stats
+            .streams
+            .store(self.streams.len() as u64, Ordering::Relaxed);
+    }
+
+    fn subscribe(&mut self, conn: ConnId, id: u64, raw: &str, hz: f64) {
+        let Some(sink) = self.sinks.get(&conn) else {
+            return;
+        };
+        let outbox = sink.outbox.clone();
+        let refuse = |code: ErrorCode, message: String| {
+            let _ = outbox.push(frame(&BusMsg::Error {
+                id: Some(id),
+                code,
+                message,
+            }));
+        };
+        let filter = match Filter::new(raw) {
+            Ok(f) => f,
+            Err(e) => return refuse(ErrorCode::InvalidFilter, format!("{raw:?}: {e}")),
+        };
+        if sink.subs.len() >= MAX_TSUBS {
+            return refuse(
+                ErrorCode::Limit,
+                format!("at most {MAX_TSUBS} telemetry subscriptions per connection"),
+            );
+        }
+        if !(hz.is_finite() && hz > 0.0) {
+            return refuse(ErrorCode::BadMessage, format!("hz must be above 0, not {hz}"));
+        }
+        let key = self.next_sub;
+        self.next_sub += 1;
+        let mut matched = Vec::new();
+        let mut dirty = Vec::new();
+        for (alias, s) in &mut self.streams {
+            if filter.matches(&s.topic) {
+                s.subs.push(key);
+                matched.push(StreamDesc {
+                    alias: *alias,
+                    topic: s.topic.to_string(),
+                    channels: s.channels,
+                });
+                if !s.records.is_empty() {
+                    dirty.push(*alias);
+                }
+            }
+        }
+        matched.sort_by_key(|d| d.alias);
+        let queued = !dirty.is_empty();
+        self.subs.insert(
+            key,
+            TSub {
+                conn,
+                id,
+                filter,
+                gate: RateGate::new(hz.min(self.max_hz)),
+                dirty,
+                queued,
+            },
+        );
+        if queued {
+            self.dirty_subs.push(key);
+        }
+        if let Some(sink) = self.sinks.get_mut(&conn) {
+            sink.subs.push(key);
+        }
+        self.stats
+            .subscriptions
+            .store(self.subs.len() as u64, Ordering::Relaxed);
+        let streams: Vec<Value> = matched.iter().map(crate::value::to_value).collect();
+        let _ = outbox.push(frame(&BusMsg::Ok {
+            id,
+            result: map(vec![
+                ("sub", Value::from(id)),
+                ("streams", Value::Array(streams)),
+            ]),
+        }));
+    }
+
+    fn remove_sub(&mut self, key: u64) {
+        if self.subs.remove(&key).is_some() {
+            for s in self.streams.values_mut() {
+                s.subs.retain(|k| *k != key);
+            }
+        }
+        self.stats
+            .subscriptions
+            .store(self.subs.len() as u64, Ordering::Relaxed);
+    }
+
+    fn read_burst(&mut self, buf: &mut [u8]) {
+        for _ in 0..RECV_BURST {
+            match self.socket.try_recv_from(buf) {
+                Ok((n, from)) => {
+                    self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                    self.datagram(&buf[..n], from);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                // ICMP errors from earlier sends surface here on some systems.
+                Err(_) => continue,
+            }
+        }
+    }
+
+    fn datagram(&mut self, d: &[u8], from: SocketAddr) {
+        let (header, body) = match decode_header(d) {
+            Ok(x) => x,
+            Err(e) => return self.stats.count_error(e),
+        };
+        if !header.kind.to_bus() {
+            return self.stats.count_error(DatagramError::BadType);
+        }
+        let token = header.token.unwrap_or(0);
+        let Some(conn) = self.by_token.get(&token).copied() else {
+            self.stats.drop_unknown_token.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(sink) = self.sinks.get_mut(&conn) else {
+            return;
+        };
+        if sink.peer.is_some_and(|ip| !same_ip(ip, from.ip())) {
+            self.stats.drop_wrong_source.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match header.kind {
+            Kind::Bind => {
+                let rebound = sink.udp != Some(from);
+                sink.udp = Some(from);
+                self.out.clear();
+                put_header(&mut self.out, Kind::Bound, 0, None);
+                let _ = self.socket.try_send_to(&self.out, from);
+                if rebound {
+                    // Values that waited for the bind go out now.
+                    for key in sink.subs.clone() {
+                        if let Some(s) = self.subs.get_mut(&key) {
+                            if !s.dirty.is_empty() && !s.queued {
+                                s.queued = true;
+                                self.dirty_subs.push(key);
+                            }
+                        }
+                    }
+                }
+            }
+            Kind::Publish => {
+                if sink.udp != Some(from) {
+                    self.stats.drop_wrong_source.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let session = sink.session;
+                self.publish_records(session, body);
+            }
+            Kind::Data | Kind::Bound => {}
+        }
+    }
+
+    fn publish_records(&mut self, session: SessionId, body: &[u8]) {
+        let now = Instant::now();
+        for r in records(body) {
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => return self.stats.count_error(e),
+            };
+            let Some(s) = self.streams.get_mut(&r.alias) else {
+                self.stats.drop_unknown_alias.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if s.owner != session {
+                self.stats.drop_not_owner.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let chunk = match r.format {
+                Format::F32 if u32::from(r.total) == s.channels
+                    && usize::from(r.offset) % CHUNK_VALUES == 0 =>
+                {
+                    usize::from(r.offset) / CHUNK_VALUES
+                }
+                Format::MsgPack if r.payload.len() + RECORD_HEADER <= MAX_DATAGRAM => 0,
+                _ => {
+                    self.stats.drop_bad_record.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            // The bus owns the flags: a fresh value is never stale.
+            let mut rec = BytesMut::with_capacity(r.wire_len());
+            crate::telemetry::put_record(&mut rec, &Record { flags: 0, ..r });
+            let chunks = if r.format == Format::F32 {
+                (s.channels as usize).div_ceil(CHUNK_VALUES)
+            } else {
+                1
+            };
+            if s.records.len() != chunks || s.stale {
+                s.records.clear();
+                s.records.resize(chunks, Bytes::new());
+            }
+            s.records[chunk] = rec.freeze();
+            s.time_us = r.time_us;
+            s.last_in = Some(now);
+            s.stale = false;
+            self.stats.values_in.fetch_add(1, Ordering::Relaxed);
+            mark_dirty(&mut self.subs, &mut self.dirty_subs, s, r.alias);
+        }
+    }
+
+    fn ingest_local(&mut self, batch: Ingest) {
+        let now = Instant::now();
+        let time_us = crate::telemetry::now_us();
+        for (alias, value) in batch.values {
+            let Some(s) = self.streams.get_mut(&alias) else {
+                self.stats.drop_unknown_alias.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if s.owner != batch.session {
+                self.stats.drop_not_owner.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            s.seq = s.seq.wrapping_add(1);
+            match encode_value(&mut self.scratch, alias, s.seq, time_us, 0, &value) {
+                Ok(recs) => s.records = recs,
+                Err(e) => {
+                    tracing::debug!(topic = %s.topic, error = %e, "telemetry value refused");
+                    self.stats.drop_bad_record.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            s.time_us = time_us;
+            s.last_in = Some(now);
+            s.stale = false;
+            self.stats.values_in.fetch_add(1, Ordering::Relaxed);
+            mark_dirty(&mut self.subs, &mut self.dirty_subs, s, alias);
+        }
+    }
+
+    /// Streams whose source went silent get the stale flag, sent once to their
+    /// subscribers.
+    fn check_stale(&mut self) {
+        let now = Instant::now();
+        for (alias, s) in &mut self.streams {
+            let silent = s.last_in.is_none_or(|t| now - t >= self.stale_after);
+            if s.stale || !silent || s.records.is_empty() {
+                continue;
+            }
+            s.stale = true;
+            for rec in &mut s.records {
+                if rec.len() >= RECORD_HEADER {
+                    let mut b = BytesMut::from(&rec[..]);
+                    b[17] |= FLAG_STALE;
+                    *rec = b.freeze();
+                }
+            }
+            mark_dirty(&mut self.subs, &mut self.dirty_subs, s, *alias);
+        }
+    }
+
+    /// Sends every subscription whose gate is open its dirty streams; returns when
+    /// the next gate opens.
+    fn flush(&mut self, now: Instant) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        let mut i = 0;
+        while i < self.dirty_subs.len() {
+            let key = self.dirty_subs[i];
+            let Some(sub) = self.subs.get_mut(&key) else {
+                self.dirty_subs.swap_remove(i);
+                continue;
+            };
+            let Some(sink) = self.sinks.get_mut(&sub.conn) else {
+                self.dirty_subs.swap_remove(i);
+                continue;
+            };
+            let Some(to) = sink.udp else {
+                // Not bound yet: the values wait (newest only) for the bind.
+                sub.queued = false;
+                self.dirty_subs.swap_remove(i);
+                continue;
+            };
+            if !sub.gate.try_pass(now.into_std()) {
+                if let Some(due) = sub.gate.next_due().map(Instant::from_std) {
+                    wake = Some(wake.map_or(due, |w: Instant| w.min(due)));
+                }
+                i += 1;
+                continue;
+            }
+            // Assemble datagrams of whole records, newest values only.
+            self.out.clear();
+            put_header(&mut self.out, Kind::Data, sink.dseq, None);
+            for alias in sub.dirty.drain(..) {
+                let Some(s) = self.streams.get(&alias) else {
+                    continue;
+                };
+                for rec in s.records.iter().filter(|r| !r.is_empty()) {
+                    if self.out.len() + rec.len() > MAX_DATAGRAM {
+                        send(&self.socket, &self.stats, &self.out, to);
+                        sink.dseq = sink.dseq.wrapping_add(1);
+                        self.out.clear();
+                        put_header(&mut self.out, Kind::Data, sink.dseq, None);
+                    }
+                    self.out.extend_from_slice(rec);
+                }
+            }
+            if self.out.len() > crate::telemetry::HEADER {
+                send(&self.socket, &self.stats, &self.out, to);
+                sink.dseq = sink.dseq.wrapping_add(1);
+            }
+            sub.queued = false;
+            self.dirty_subs.swap_remove(i);
+        }
+        wake
+    }
+}
+
+fn send(socket: &UdpSocket, stats: &Stats, d: &[u8], to: SocketAddr) {
+    match socket.try_send_to(d, to) {
+        Ok(_) => stats.datagrams_out.fetch_add(1, Ordering::Relaxed),
+        // A full socket buffer: the datagram is dropped, never queued.
+        Err(_) => stats.send_dropped.fetch_add(1, Ordering::Relaxed),
+    };
+}
+
+fn mark_dirty(subs: &mut HashMap<u64, TSub>, dirty_subs: &mut Vec<u64>, s: &Stream, alias: u32) {
+    for key in &s.subs {
+        if let Some(sub) = subs.get_mut(key) {
+            if !sub.dirty.contains(&alias) {
+                sub.dirty.push(alias);
+            }
+            if !sub.queued {
+                sub.queued = true;
+                dirty_subs.push(*key);
+            }
+        }
+    }
+}
+
+fn parse_record(b: &[u8]) -> Option<Record<'_>> {
+    records(b).next()?.ok()
+}
+
+/// IPv4 and IPv4-mapped IPv6 addresses of the same host compare equal.
+fn same_ip(a: IpAddr, b: IpAddr) -> bool {
+    let canon = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    canon(a) == canon(b)
+}
