@@ -23,6 +23,6 @@ pub mod config;
 pub mod devices;
 pub mod model;
 pub mod protocol;
-pub mod topic;
 pub mod telemetry;
+pub mod topic;
 pub mod value;

@@ -444,7 +444,10 @@ pub enum BusMsg {
         message: String,
     },
     /// New telemetry streams matching telemetry subscription `sub`.
-    Streams { sub: u64, streams: Vec<StreamDesc> },
+    Streams {
+        sub: u64,
+        streams: Vec<StreamDesc>,
+    },
 }
 
 /// A frame could not be decoded.

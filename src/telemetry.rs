@@ -216,8 +216,7 @@ fn decode_record(b: &[u8]) -> Result<(Record<'_>, &[u8]), DatagramError> {
     if len > rest.len() {
         return Err(DatagramError::BadRecord);
     }
-    if format == Format::F32
-        && (len % 4 != 0 || usize::from(offset) + len / 4 > usize::from(total))
+    if format == Format::F32 && (len % 4 != 0 || usize::from(offset) + len / 4 > usize::from(total))
     {
         return Err(DatagramError::BadRecord);
     }
@@ -397,7 +396,11 @@ pub struct RateGate {
 impl RateGate {
     /// A gate for `hz` batches a second (clamped to 0.1..=1000).
     pub fn new(hz: f64) -> RateGate {
-        let hz = if hz.is_finite() { hz.clamp(0.1, 1000.0) } else { 30.0 };
+        let hz = if hz.is_finite() {
+            hz.clamp(0.1, 1000.0)
+        } else {
+            30.0
+        };
         RateGate {
             period: Duration::from_secs_f64(1.0 / hz),
             next: None,
@@ -483,10 +486,7 @@ mod tests {
         assert!(recs.iter().all(|r| r.len() + HEADER_TO_BUS <= MAX_DATAGRAM));
         // All chunks together give the value back.
         let parsed: Vec<Vec<u8>> = recs.iter().map(|b| b.to_vec()).collect();
-        let rs: Vec<Record> = parsed
-            .iter()
-            .map(|b| decode_record(b).unwrap().0)
-            .collect();
+        let rs: Vec<Record> = parsed.iter().map(|b| decode_record(b).unwrap().0).collect();
         match decode_value(&rs).unwrap() {
             Value::Array(a) => {
                 assert_eq!(a.len(), 700);
@@ -521,9 +521,6 @@ mod tests {
         d[HEADER + 16] = 1;
         d[HEADER + 23] = 4;
         let (_, body) = decode_header(&d).unwrap();
-        assert_eq!(
-            records(body).next(),
-            Some(Err(DatagramError::BadRecord))
-        );
+        assert_eq!(records(body).next(), Some(Err(DatagramError::BadRecord)));
     }
 }

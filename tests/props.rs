@@ -505,17 +505,32 @@ fn bus_msg() -> impl Strategy<Value = BusMsg> {
     let s = short_string;
     let u = || any::<u64>();
     prop_oneof![
-        (any::<u32>(), u(), u(), u(), u(), any::<bool>(), u()).prop_map(
-            |(v, session, epoch, seq, heartbeat_ms, resumed, max_frame)| BusMsg::Welcome {
-                v,
-                session: SessionId(session),
-                epoch: Epoch(epoch),
-                seq: Seq(seq),
-                heartbeat_ms,
-                resumed,
-                max_frame,
-            }
-        ),
+        (
+            any::<u32>(),
+            u(),
+            u(),
+            u(),
+            u(),
+            any::<bool>(),
+            u(),
+            option::of(any::<u16>()),
+            option::of(u())
+        )
+            .prop_map(
+                |(v, session, epoch, seq, heartbeat_ms, resumed, max_frame, udp, token)| {
+                    BusMsg::Welcome {
+                        v,
+                        session: SessionId(session),
+                        epoch: Epoch(epoch),
+                        seq: Seq(seq),
+                        heartbeat_ms,
+                        resumed,
+                        max_frame,
+                        udp,
+                        token,
+                    }
+                }
+            ),
         (option::of(u()), error_code(), s()).prop_map(|(id, code, message)| BusMsg::Error {
             id,
             code,
@@ -827,4 +842,59 @@ fn deeply_nested_values_are_refused_not_crashed() {
         })
         .unwrap();
     t.join().unwrap();
+}
+
+// ----- telemetry datagrams ------------------------------------------------------------
+
+proptest! {
+    /// Any bytes: the datagram decoder returns a typed error or records, never
+    /// panics, and never reads past the end.
+    #[test]
+    fn telemetry_decoder_never_panics(d in proptest::collection::vec(any::<u8>(), 0..1400)) {
+        if let Ok((_, body)) = avbus::telemetry::decode_header(&d) {
+            for r in avbus::telemetry::records(body).flatten() {
+                prop_assert!(r.payload.len() <= body.len());
+                let _ = avbus::telemetry::decode_value(&[r]);
+            }
+        }
+    }
+
+    /// Valid headers with arbitrary record bytes after them: still no panic.
+    #[test]
+    fn telemetry_records_never_panic(
+        kind in 1u8..=4,
+        rest in proptest::collection::vec(any::<u8>(), 0..1180),
+    ) {
+        let mut d = vec![0xA7, 0xB5, 1, kind, 0, 0, 0, 1];
+        if kind <= 2 {
+            d.extend_from_slice(&[0; 8]);
+        }
+        d.extend_from_slice(&rest);
+        if let Ok((_, body)) = avbus::telemetry::decode_header(&d) {
+            for r in avbus::telemetry::records(body).flatten() {
+                let _ = avbus::telemetry::decode_value(&[r]);
+            }
+        }
+    }
+
+    /// f32 arrays of any size round-trip through their (chunked) records.
+    #[test]
+    fn telemetry_values_round_trip(vals in proptest::collection::vec(-1e6f32..1e6, 1..1000)) {
+        let mut scratch = bytes::BytesMut::new();
+        let value = Value::Array(vals.iter().map(|v| Value::F32(*v)).collect());
+        let recs = avbus::telemetry::encode_value(&mut scratch, 3, 7, 11, 0, &value).unwrap();
+        let mut parsed = Vec::new();
+        for b in &recs {
+            prop_assert!(b.len() + avbus::telemetry::HEADER_TO_BUS <= avbus::telemetry::MAX_DATAGRAM);
+            let r: Vec<_> = avbus::telemetry::records(b).collect();
+            prop_assert_eq!(r.len(), 1);
+            parsed.push(r[0].unwrap());
+        }
+        let back = avbus::telemetry::decode_value(&parsed).unwrap();
+        if vals.len() == 1 {
+            prop_assert_eq!(back, Value::F32(vals[0]));
+        } else {
+            prop_assert_eq!(back, value);
+        }
+    }
 }

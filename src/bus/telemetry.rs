@@ -413,7 +413,8 @@ impl Hub {
             } => {
                 let record = self.by_topic.get(topic.as_str()).and_then(|a| {
                     let s = self.streams.get(a)?;
-                    let recs: Vec<Record> = s.records.iter().filter_map(|b| parse_record(b)).collect();
+                    let recs: Vec<Record> =
+                        s.records.iter().filter_map(|b| parse_record(b)).collect();
                     let value = decode_value(&recs).unwrap_or(Value::Nil);
                     let quality = if !online {
                         Quality::Offline
@@ -531,7 +532,10 @@ impl Hub {
             );
         }
         if !(hz.is_finite() && hz > 0.0) {
-            return refuse(ErrorCode::BadMessage, format!("hz must be above 0, not {hz}"));
+            return refuse(
+                ErrorCode::BadMessage,
+                format!("hz must be above 0, not {hz}"),
+            );
         }
         let key = self.next_sub;
         self.next_sub += 1;
@@ -617,7 +621,9 @@ impl Hub {
         }
         let token = header.token.unwrap_or(0);
         let Some(conn) = self.by_token.get(&token).copied() else {
-            self.stats.drop_unknown_token.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .drop_unknown_token
+                .fetch_add(1, Ordering::Relaxed);
             return;
         };
         let Some(sink) = self.sinks.get_mut(&conn) else {
@@ -666,7 +672,9 @@ impl Hub {
                 Err(e) => return self.stats.count_error(e),
             };
             let Some(s) = self.streams.get_mut(&r.alias) else {
-                self.stats.drop_unknown_alias.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .drop_unknown_alias
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             if s.owner != session {
@@ -674,8 +682,9 @@ impl Hub {
                 continue;
             }
             let chunk = match r.format {
-                Format::F32 if u32::from(r.total) == s.channels
-                    && usize::from(r.offset) % CHUNK_VALUES == 0 =>
+                Format::F32
+                    if u32::from(r.total) == s.channels
+                        && usize::from(r.offset) % CHUNK_VALUES == 0 =>
                 {
                     usize::from(r.offset) / CHUNK_VALUES
                 }
@@ -711,7 +720,9 @@ impl Hub {
         let time_us = crate::telemetry::now_us();
         for (alias, value) in batch.values {
             let Some(s) = self.streams.get_mut(&alias) else {
-                self.stats.drop_unknown_alias.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .drop_unknown_alias
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             if s.owner != batch.session {

@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
+use super::telemetry::LinkMsg;
 use super::{
     Answer, Client, ClientOptions, ConnectionEvent, Endpoint, Error, IncomingCommand, Req,
     RoomEvent, Shared, SubEvent,
@@ -28,7 +29,6 @@ use crate::protocol::{
     WireError, PROTOCOL_VERSION,
 };
 use crate::topic::matches;
-use super::telemetry::LinkMsg;
 
 /// Fire-and-forget messages kept while disconnected; the oldest are dropped beyond.
 const PARKED: usize = 1024;

@@ -146,6 +146,7 @@ pub(crate) fn spawn(hub: Option<HubHandle>) -> LinkHandle {
         subs: HashMap::new(),
         aliases: HashMap::new(),
         owned: HashMap::new(),
+        unsent: HashMap::new(),
         counters: Arc::new(LinkCounters::default()),
         buf: BytesMut::with_capacity(MAX_DATAGRAM),
         scratch: BytesMut::with_capacity(MAX_DATAGRAM),
@@ -177,6 +178,9 @@ struct Link {
     aliases: HashMap<u32, (Arc<str>, Vec<u64>)>,
     /// Streams this client publishes: topic → (alias, sequence).
     owned: HashMap<String, (u32, u32)>,
+    /// The newest value of each owned stream published before the bus confirmed
+    /// the bind (at most one per stream), sent once it does.
+    unsent: HashMap<String, Value>,
     counters: Arc<LinkCounters>,
     buf: BytesMut,
     scratch: BytesMut,
@@ -194,12 +198,13 @@ impl Link {
                     Some(m) => self.message(m).await,
                     None => return,
                 },
-                r = recv(self.socket.as_ref(), &mut datagram) => match r {
-                    Ok(n) => self.datagram(&datagram[..n]),
-                    // ICMP "port unreachable" from an earlier send (the bus went
-                    // away): harmless, the next endpoint rebinds.
-                    Err(_) => {}
-                },
+                // An error is an ICMP "port unreachable" from an earlier send (the
+                // bus went away): harmless, the next endpoint rebinds.
+                r = recv(self.socket.as_ref(), &mut datagram) => {
+                    if let Ok(n) = r {
+                        self.datagram(&datagram[..n]);
+                    }
+                }
                 _ = retry.tick(), if binding => self.send_bind(),
             }
         }
@@ -316,19 +321,28 @@ impl Link {
             return;
         }
         let (Some(socket), true) = (&self.socket, self.bound) else {
+            for (topic, value) in values {
+                if self.owned.contains_key(&topic) {
+                    self.unsent.insert(topic, value);
+                }
+            }
             return;
         };
         let time_us = crate::telemetry::now_us();
         self.buf.clear();
-        put_header(&mut self.buf, Kind::Publish, self.dseq_out, Some(self.token));
+        put_header(
+            &mut self.buf,
+            Kind::Publish,
+            self.dseq_out,
+            Some(self.token),
+        );
         let header = self.buf.len();
         for (topic, value) in values {
             let Some((alias, seq)) = self.owned.get_mut(&topic) else {
                 continue;
             };
             *seq = seq.wrapping_add(1);
-            let Ok(recs) = encode_value(&mut self.scratch, *alias, *seq, time_us, 0, &value)
-            else {
+            let Ok(recs) = encode_value(&mut self.scratch, *alias, *seq, time_us, 0, &value) else {
                 continue;
             };
             for rec in recs {
@@ -336,7 +350,12 @@ impl Link {
                     let _ = socket.try_send(&self.buf);
                     self.dseq_out = self.dseq_out.wrapping_add(1);
                     self.buf.clear();
-                    put_header(&mut self.buf, Kind::Publish, self.dseq_out, Some(self.token));
+                    put_header(
+                        &mut self.buf,
+                        Kind::Publish,
+                        self.dseq_out,
+                        Some(self.token),
+                    );
                 }
                 self.buf.extend_from_slice(&rec);
             }
@@ -352,7 +371,13 @@ impl Link {
             return;
         };
         match header.kind {
-            Kind::Bound => self.bound = true,
+            Kind::Bound => {
+                self.bound = true;
+                if !self.unsent.is_empty() {
+                    let values = self.unsent.drain().collect();
+                    self.publish(values);
+                }
+            }
             Kind::Data => {
                 self.bound = true;
                 self.counters.datagrams.fetch_add(1, Ordering::Relaxed);
@@ -360,7 +385,9 @@ impl Link {
                     let gap = header.dseq.wrapping_sub(expected);
                     // A small forward jump is loss; a "negative" one is reordering.
                     if gap > 0 && gap < u32::MAX / 2 {
-                        self.counters.lost.fetch_add(u64::from(gap), Ordering::Relaxed);
+                        self.counters
+                            .lost
+                            .fetch_add(u64::from(gap), Ordering::Relaxed);
                     }
                 }
                 self.next_dseq = Some(header.dseq.wrapping_add(1));

@@ -1,0 +1,368 @@
+//! Telemetry over UDP, end to end on loopback: rate-limited newest-value delivery,
+//! slow panels, hostile datagrams, staleness, `get`, and in-process publishing.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use avbus::bus::BusHandle;
+use avbus::client::{Client, ClientOptions, TelemetrySubscription, TelemetryValue};
+use avbus::model::{ControlKind, ControlSpec, DeviceDescriptor};
+use avbus::protocol::{BusMsg, ClientMsg, Role};
+use avbus::telemetry::{put_header, Kind, MAX_DATAGRAM};
+use avbus::value::Value;
+use bytes::BytesMut;
+use common::{bus, client, config, opts, within, Raw};
+use tokio::net::UdpSocket;
+
+const CHANNELS: u32 = 64;
+
+fn mixer() -> DeviceDescriptor {
+    let meter = |channels| ControlKind::Meter {
+        min: 0.0,
+        max: 1.0,
+        unit: String::new(),
+        channels,
+        rate_hz: 50.0,
+    };
+    DeviceDescriptor {
+        room: "hall".into(),
+        name: "mix".into(),
+        label: "Mixer".into(),
+        class: "console".into(),
+        driver: "test".into(),
+        controls: vec![
+            ControlSpec::new("meters", meter(CHANNELS)),
+            ControlSpec::new("level", meter(1)),
+            ControlSpec::new("power", ControlKind::Bool),
+        ],
+    }
+}
+
+fn frame_of(i: u32) -> Value {
+    Value::Array(
+        (0..CHANNELS)
+            .map(|c| Value::F32((i * 100 + c) as f32))
+            .collect(),
+    )
+}
+
+fn first(v: &TelemetryValue) -> f64 {
+    match &v.value {
+        Value::Array(a) => a[0].as_f64().unwrap(),
+        other => other.as_f64().unwrap(),
+    }
+}
+
+async fn adapter(b: &BusHandle) -> Client {
+    let a = client(b, "mixer-adapter", Role::Adapter).await;
+    a.declare(mixer(), true).await.expect("declare");
+    a
+}
+
+/// Reads until a value of `topic` satisfies `pred`; returns the values seen.
+async fn until(
+    sub: &mut TelemetrySubscription,
+    topic: &str,
+    mut pred: impl FnMut(&TelemetryValue) -> bool,
+) -> Vec<TelemetryValue> {
+    let mut seen = Vec::new();
+    within(&format!("telemetry of {topic}"), async {
+        loop {
+            let v = sub.recv().await.expect("subscription open");
+            if &*v.topic != topic {
+                continue;
+            }
+            let done = pred(&v);
+            seen.push(v);
+            if done {
+                return;
+            }
+        }
+    })
+    .await;
+    seen
+}
+
+#[tokio::test]
+async fn a_panel_gets_the_newest_values_at_its_rate_never_a_backlog() {
+    let b = bus(config()).await;
+    let a = adapter(&b).await;
+    let panel = client(&b, "panel", Role::Panel).await;
+    let mut sub = panel.telemetry("hall/+/meters", 20.0).await.expect("tsub");
+    assert_eq!(sub.streams().len(), 1);
+    assert_eq!(sub.streams()[0].topic, "hall/mix/meters");
+    assert_eq!(sub.streams()[0].channels, CHANNELS);
+
+    // The source runs at 50 Hz for 2 s; the panel asked for 20 Hz.
+    let last = 99u32;
+    let start = Instant::now();
+    let publisher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for i in 0..=last {
+            tick.tick().await;
+            a.publish_telemetry(vec![("hall/mix/meters".into(), frame_of(i))]);
+        }
+        a
+    });
+    let seen = until(&mut sub, "hall/mix/meters", |v| {
+        first(v) == f64::from(last * 100)
+    })
+    .await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let _a = publisher.await.unwrap();
+
+    // Ends on the newest value, with every channel.
+    let newest = seen.last().unwrap();
+    assert_eq!(newest.value, frame_of(last));
+    assert!(!newest.stale);
+    // At most the asked rate (plus generous slack for the first value and timer
+    // jitter), and far fewer than the 100 values published.
+    let allowed = (elapsed * 20.0).ceil() as usize + 3;
+    assert!(
+        seen.len() <= allowed,
+        "{} values in {elapsed:.2} s at 20 Hz (allowed {allowed})",
+        seen.len()
+    );
+    assert!(seen.len() < 90, "no conflation: {} values", seen.len());
+    // Values arrive in order, and the skipped ones are counted.
+    assert!(seen.windows(2).all(|w| w[0].seq < w[1].seq));
+    let st = sub.stats();
+    eprintln!("{} values in {elapsed:.2}s: {st:?}", seen.len());
+    let s = &st.streams["hall/mix/meters"];
+    assert_eq!(s.received, seen.len() as u64);
+    assert!(s.skipped > 0, "{st:?}");
+    assert_eq!(st.datagrams_lost, 0);
+
+    // The newest value is also readable over TCP.
+    let got = panel
+        .get("hall/mix/meters")
+        .await
+        .unwrap()
+        .expect("a value");
+    assert_eq!(got.value, frame_of(last));
+}
+
+#[tokio::test]
+async fn a_panel_that_stops_reading_does_not_change_what_others_receive() {
+    let b = bus(config()).await;
+    let a = adapter(&b).await;
+    // A raw panel binds a UDP socket, subscribes at the highest rate, then never
+    // reads it: its kernel buffer fills, the bus's sends to it are dropped.
+    let mut raw = Raw::connect(b.tcp).await;
+    raw.send(&ClientMsg::Hello {
+        v: avbus::protocol::PROTOCOL_VERSION,
+        name: "stuck".into(),
+        role: Role::Panel,
+        credentials: Value::Nil,
+        resume: None,
+    })
+    .await;
+    let token = match raw.recv().await {
+        Some(BusMsg::Welcome {
+            token: Some(t),
+            udp: Some(port),
+            ..
+        }) => {
+            assert_eq!(port, b.udp.port());
+            t
+        }
+        other => panic!("expected welcome with a token, got {other:?}"),
+    };
+    let stuck = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    stuck.set_broadcast(false).unwrap();
+    bind(&stuck, b.udp, token).await;
+    raw.send(&ClientMsg::Tsub {
+        id: 1,
+        filter: "#".into(),
+        hz: 1000.0,
+    })
+    .await;
+    raw.recv_until(|m| matches!(m, BusMsg::Ok { id: 1, .. }))
+        .await;
+
+    let panel = client(&b, "panel", Role::Panel).await;
+    let mut sub = panel.telemetry("hall/mix/level", 50.0).await.unwrap();
+    let last = 300u32;
+    for i in 0..=last {
+        a.publish_telemetry(vec![
+            ("hall/mix/level".into(), Value::F32(i as f32)),
+            ("hall/mix/meters".into(), frame_of(i)),
+        ]);
+        if i % 50 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let seen = until(&mut sub, "hall/mix/level", |v| first(v) == f64::from(last)).await;
+    assert!(seen.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(
+        panel.get("hall/mix/level").await.unwrap().unwrap().value,
+        Value::F32(last as f32)
+    );
+    drop(stuck);
+}
+
+/// Binds `sock` to `token` and waits for the bus's confirmation. Datagrams from one
+/// socket are handled in order, so this also proves earlier ones were processed.
+async fn bind(sock: &UdpSocket, bus: std::net::SocketAddr, token: u64) {
+    let mut d = BytesMut::new();
+    put_header(&mut d, Kind::Bind, 0, Some(token));
+    let mut buf = [0u8; MAX_DATAGRAM];
+    within("the bind confirmation", async {
+        loop {
+            sock.send_to(&d, bus).await.unwrap();
+            let got = tokio::time::timeout(Duration::from_millis(200), sock.recv_from(&mut buf));
+            if let Ok(Ok((n, _))) = got.await {
+                if n >= 4 && buf[3] == Kind::Bound as u8 {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn hostile_datagrams_are_dropped_and_counted() {
+    let b = bus(config()).await;
+    let _a = adapter(&b).await;
+    let stats = b.hub().stats;
+    let mut raw = Raw::connect(b.tcp).await;
+    raw.send(&ClientMsg::Hello {
+        v: avbus::protocol::PROTOCOL_VERSION,
+        name: "intruder".into(),
+        role: Role::Panel,
+        credentials: Value::Nil,
+        resume: None,
+    })
+    .await;
+    let Some(BusMsg::Welcome {
+        token: Some(token), ..
+    }) = raw.recv().await
+    else {
+        panic!("no welcome")
+    };
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = b.udp;
+    bind(&sock, to, token).await;
+
+    let publish = |token: u64, alias: u32| {
+        let mut d = BytesMut::new();
+        put_header(&mut d, Kind::Publish, 0, Some(token));
+        let mut scratch = BytesMut::new();
+        for r in
+            avbus::telemetry::encode_value(&mut scratch, alias, 1, 0, 0, &Value::F32(0.5)).unwrap()
+        {
+            d.extend_from_slice(&r);
+        }
+        d
+    };
+    // Garbage of every kind.
+    sock.send_to(&[0xA7, 0xB5, 1], to).await.unwrap(); // truncated
+    sock.send_to(&vec![0u8; 1300], to).await.unwrap(); // oversized
+    sock.send_to(&[0xA7, 0xB5, 9, 2, 0, 0, 0, 0], to)
+        .await
+        .unwrap(); // wrong version
+    sock.send_to(b"GET / HTTP/1.1\r\n\r\n", to).await.unwrap(); // wrong magic
+    sock.send_to(&publish(token ^ 0xdead_beef, 2), to)
+        .await
+        .unwrap(); // spoofed token
+    sock.send_to(&publish(token, 2), to).await.unwrap(); // a panel publishing the mixer's meter
+    let mut bad = publish(token, 2);
+    let n = bad.len();
+    bad.truncate(n - 2); // a record cut short
+    sock.send_to(&bad, to).await.unwrap();
+    // The right token from another socket (another host could have sniffed it).
+    let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    other.send_to(&publish(token, 2), to).await.unwrap();
+    // A bind confirmation after all of them proves they were all handled.
+    bind(&sock, to, token).await;
+    let other_done = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    bind(&other_done, to, token).await;
+
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    assert_eq!(g(&stats.drop_truncated), 1);
+    assert_eq!(g(&stats.drop_oversized), 1);
+    assert_eq!(g(&stats.drop_bad_version), 1);
+    assert_eq!(g(&stats.drop_bad_magic), 1);
+    assert_eq!(g(&stats.drop_unknown_token), 1);
+    assert_eq!(g(&stats.drop_not_owner), 1);
+    assert!(g(&stats.drop_bad_record) >= 1);
+    assert_eq!(g(&stats.drop_wrong_source), 1);
+    // Nothing reached the stream.
+    assert_eq!(g(&stats.values_in), 0);
+
+    // The counters are on the bus's `$sys` topics too.
+    let panel = client(&b, "ops", Role::Tool).await;
+    let mut sys = panel
+        .subscribe(&["$sys/telemetry/dropped/+"])
+        .await
+        .unwrap();
+    common::until(&mut sys, |u| {
+        u.topic == "$sys/telemetry/dropped/unknown_token" && u.value.as_u64() == Some(1)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_silent_source_goes_stale_and_a_new_value_clears_it() {
+    let mut cfg = config();
+    cfg.telemetry.stale_ms = 150;
+    let b = bus(cfg).await;
+    let a = adapter(&b).await;
+    let panel = client(&b, "panel", Role::Panel).await;
+    let mut sub = panel.telemetry("hall/mix/level", 30.0).await.unwrap();
+    a.publish_telemetry(vec![("hall/mix/level".into(), Value::F32(0.25))]);
+    let seen = until(&mut sub, "hall/mix/level", |_| true).await;
+    assert!(!seen[0].stale);
+    assert_eq!(seen[0].value, Value::F32(0.25));
+    // Silence: the bus marks it stale, keeping the last value.
+    let seen = until(&mut sub, "hall/mix/level", |v| v.stale).await;
+    assert_eq!(seen.last().unwrap().value, Value::F32(0.25));
+    let got = panel.get("hall/mix/level").await.unwrap().unwrap();
+    assert_eq!(got.quality, Some(avbus::model::Quality::Stale));
+    a.publish_telemetry(vec![("hall/mix/level".into(), Value::F32(0.5))]);
+    let seen = until(&mut sub, "hall/mix/level", |v| !v.stale).await;
+    assert_eq!(seen.last().unwrap().value, Value::F32(0.5));
+    // The adapter gone: `get` says offline.
+    let mut online = panel.subscribe(&["hall/mix/online"]).await.unwrap();
+    common::snapshot(&mut online).await;
+    a.close().await;
+    common::until(&mut online, |u| u.value == Value::Boolean(false)).await;
+    let got = panel.get("hall/mix/level").await.unwrap().unwrap();
+    assert_eq!(got.quality, Some(avbus::model::Quality::Offline));
+}
+
+#[tokio::test]
+async fn in_process_adapters_publish_without_udp_and_panels_resubscribe_after_a_reconnect() {
+    let b = bus(config()).await;
+    let local = Client::connect(ClientOptions::local(b.local(), "inproc").role(Role::Adapter))
+        .await
+        .unwrap();
+    local.declare(mixer(), true).await.unwrap();
+    // The panel goes through a proxy that the test cuts.
+    let proxy = common::Proxy::start(b.tcp).await;
+    let panel = Client::connect(opts(&proxy.addr.to_string(), "panel", Role::Panel))
+        .await
+        .unwrap();
+    let mut sub = panel.telemetry("hall/#", 100.0).await.unwrap();
+    local.publish_telemetry(vec![("hall/mix/level".into(), Value::F32(1.0))]);
+    until(&mut sub, "hall/mix/level", |v| first(v) == 1.0).await;
+
+    let mut events = panel.events();
+    proxy.cut();
+    common::disconnected(&mut events).await;
+    within("reconnected", async {
+        loop {
+            if let Ok(avbus::client::ConnectionEvent::Connected { .. }) = events.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    // New connection, new token: the client binds and subscribes again by itself,
+    // and the hub sends the stream's newest value once it does.
+    local.publish_telemetry(vec![("hall/mix/level".into(), Value::F32(2.0))]);
+    until(&mut sub, "hall/mix/level", |v| first(v) == 2.0).await;
+}
