@@ -468,6 +468,28 @@ mod tests {
     }
 
     #[test]
+    fn documented_example_is_byte_exact() {
+        // docs/protocol.md §11.2.
+        let mut scratch = BytesMut::new();
+        let recs = encode_value(&mut scratch, 3, 12, 1_700_000_000_000_000, 0, &Value::F32(0.5))
+            .unwrap();
+        let mut d = BytesMut::new();
+        put_header(&mut d, Kind::Data, 5, None);
+        d.extend_from_slice(&recs[0]);
+        let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            concat!(
+                "a7b5010300000005",
+                "000000030000000c00060a24181e4000",
+                "0100000000010004",
+                "0000003f"
+            )
+        );
+        assert_eq!(CHUNK_VALUES, 290);
+    }
+
+    #[test]
     fn records_round_trip_and_chunk() {
         let mut scratch = BytesMut::new();
         let vals: Vec<Value> = (0..700).map(|i| Value::F32(i as f32)).collect();
