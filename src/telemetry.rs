@@ -471,8 +471,15 @@ mod tests {
     fn documented_example_is_byte_exact() {
         // docs/protocol.md §11.2.
         let mut scratch = BytesMut::new();
-        let recs = encode_value(&mut scratch, 3, 12, 1_700_000_000_000_000, 0, &Value::F32(0.5))
-            .unwrap();
+        let recs = encode_value(
+            &mut scratch,
+            3,
+            12,
+            1_700_000_000_000_000,
+            0,
+            &Value::F32(0.5),
+        )
+        .unwrap();
         let mut d = BytesMut::new();
         put_header(&mut d, Kind::Data, 5, None);
         d.extend_from_slice(&recs[0]);

@@ -8,6 +8,7 @@
 //! loop is bounded in count and in time.
 
 mod avbus;
+mod telemetry;
 mod workloads;
 
 use std::process::{Child, Command, Stdio};
@@ -127,6 +128,9 @@ pub const WORKLOADS: &[&str] = &[
     "site",
     "connections",
     "command",
+    "tingest",
+    "tfanout",
+    "tflood",
 ];
 
 fn base() -> Instant {
@@ -239,6 +243,9 @@ pub async fn run(addr: &str, bus_pid: Option<u32>, cfg: &BenchConfig) -> Result<
         let cpu0 = bus_pid.and_then(cpu_ms);
         let row = match *w {
             "command" => Some(command(addr, cfg.scale).await?),
+            "tingest" => Some(telemetry::ingest(addr, bus_pid, cfg.scale).await?),
+            "tfanout" => Some(telemetry::fanout(addr, bus_pid, cfg.scale).await?),
+            "tflood" => Some(telemetry::command_under_flood(addr, bus_pid, cfg.scale).await?),
             other => run_workload(&t, other, cfg.scale, bus_pid).await?,
         };
         let Some(mut row) = row else { continue };

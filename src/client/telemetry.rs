@@ -81,7 +81,7 @@ pub struct TelemetryStats {
     pub datagrams_lost: u64,
     /// Values dropped because the application did not read this subscription.
     pub dropped_local: u64,
-    pub streams: HashMap<String, StreamStats>,
+    pub streams: HashMap<Arc<str>, StreamStats>,
 }
 
 #[derive(Default)]
@@ -148,6 +148,7 @@ pub(crate) fn spawn(hub: Option<HubHandle>) -> LinkHandle {
         owned: HashMap::new(),
         unsent: HashMap::new(),
         counters: Arc::new(LinkCounters::default()),
+        values: Vec::new(),
         buf: BytesMut::with_capacity(MAX_DATAGRAM),
         scratch: BytesMut::with_capacity(MAX_DATAGRAM),
     };
@@ -182,6 +183,8 @@ struct Link {
     /// the bind (at most one per stream), sent once it does.
     unsent: HashMap<String, Value>,
     counters: Arc<LinkCounters>,
+    /// Values of the datagram being read (reused).
+    values: Vec<TelemetryValue>,
     buf: BytesMut,
     scratch: BytesMut,
 }
@@ -392,8 +395,9 @@ impl Link {
                 }
                 self.next_dseq = Some(header.dseq.wrapping_add(1));
                 let now = Instant::now();
+                let mut values = std::mem::take(&mut self.values);
                 for r in records(body) {
-                    let Ok(r) = r else { return };
+                    let Ok(r) = r else { break };
                     let Some((topic, subs)) = self.aliases.get(&r.alias) else {
                         continue;
                     };
@@ -409,27 +413,48 @@ impl Link {
                         time_us: r.time_us,
                         stale: r.flags & FLAG_STALE != 0,
                     };
-                    for id in subs {
-                        if let Some(s) = self.subs.get(id) {
-                            deliver(s, &v, &self.counters, now);
-                        }
+                    if !subs.is_empty() {
+                        values.push(v);
                     }
                 }
+                // One lock per subscription per datagram.
+                let aliases = &self.aliases;
+                for (id, s) in &self.subs {
+                    let mine = values.iter().filter(|v| {
+                        aliases
+                            .get(&v.alias)
+                            .is_some_and(|(_, subs)| subs.contains(id))
+                    });
+                    deliver(s, mine, &self.counters, now);
+                }
+                values.clear();
+                self.values = values;
             }
             Kind::Bind | Kind::Publish => {}
         }
     }
 }
 
-fn deliver(s: &SubState, v: &TelemetryValue, c: &LinkCounters, now: Instant) {
-    let full = s.tx.try_send(v.clone()).is_err();
+fn deliver<'a>(
+    s: &SubState,
+    values: impl Iterator<Item = &'a TelemetryValue>,
+    c: &LinkCounters,
+    now: Instant,
+) {
     let Ok(mut st) = s.stats.lock() else { return };
     st.datagrams = c.datagrams.load(Ordering::Relaxed);
     st.datagrams_lost = c.lost.load(Ordering::Relaxed);
-    if full {
-        st.dropped_local += 1;
+    for v in values {
+        let full = s.tx.try_send(v.clone()).is_err();
+        if full {
+            st.dropped_local += 1;
+        }
+        count(&mut st, v, now);
     }
-    let ss = st.streams.entry(v.topic.to_string()).or_default();
+}
+
+fn count(st: &mut TelemetryStats, v: &TelemetryValue, now: Instant) {
+    let ss = st.streams.entry(v.topic.clone()).or_default();
     // Parts of one chunked value share its sequence: count the value once.
     if v.offset == 0 || ss.last_seq != Some(v.seq) {
         if let Some(last) = ss.last_seq {
