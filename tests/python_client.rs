@@ -49,7 +49,7 @@ async fn python_client_written_from_the_protocol_document() {
         "check.py failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
     );
     assert!(
-        stdout.lines().count() >= 8,
+        stdout.contains("ok - t: meter published over UDP"),
         "every check reported: {stdout}"
     );
     bus.shutdown().await;

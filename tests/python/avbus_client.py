@@ -322,3 +322,77 @@ class Client:
         if reason is not None:
             msg["reason"] = reason
         self.send(msg)
+
+
+# ---- telemetry over UDP (docs/protocol.md §11) ---------------------------------------
+
+MAGIC = b"\xa7\xb5"
+T_BIND, T_PUBLISH, T_DATA, T_BOUND = 1, 2, 3, 4
+RECORD = struct.Struct(">IIQBBHHH")  # alias seq time_us format flags offset total len
+
+
+class Telemetry:
+    """One UDP socket bound to a connection's telemetry token."""
+
+    def __init__(self, host, welcome, timeout=DEFAULT_TIMEOUT):
+        self.addr = (host, welcome["udp"])
+        self.token = welcome["token"]
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.connect(self.addr)
+        self.timeout = timeout
+        self.dseq = 0
+
+    def _header(self, kind):
+        h = MAGIC + struct.pack(">BBIQ", 1, kind, self.dseq, self.token)
+        self.dseq += 1
+        return h
+
+    def bind(self):
+        """Send bind every 200 ms until the bus answers bound."""
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            self.sock.send(self._header(T_BIND))
+            self.sock.settimeout(0.2)
+            try:
+                d = self.sock.recv(2048)
+            except socket.timeout:
+                continue
+            if d[:2] == MAGIC and d[3] == T_BOUND:
+                return
+        raise Timeout("no bound from the bus")
+
+    def publish(self, alias, seq, values):
+        """Publish one f32 value (or a list of them) for stream `alias`."""
+        if not isinstance(values, list):
+            values = [values]
+        payload = struct.pack("<%df" % len(values), *values)
+        rec = RECORD.pack(alias, seq, int(time.time() * 1e6), 1, 0, 0, len(values),
+                          len(payload)) + payload
+        self.sock.send(self._header(T_PUBLISH) + rec)
+
+    def recv(self, timeout=None):
+        """The next data datagram as (dseq, [records]); each record is a dict."""
+        self.sock.settimeout(timeout or self.timeout)
+        try:
+            d = self.sock.recv(2048)
+        except socket.timeout:
+            raise Timeout("no telemetry datagram") from None
+        if d[:2] != MAGIC or d[2] != 1 or d[3] != T_DATA:
+            raise ProtocolError("not a data datagram: %r" % d[:8])
+        dseq = struct.unpack(">I", d[4:8])[0]
+        out, i = [], 8
+        while i < len(d):
+            alias, seq, t_us, fmt, flags, offset, total, n = RECORD.unpack_from(d, i)
+            i += RECORD.size
+            payload = d[i:i + n]
+            i += n
+            if fmt == 1:
+                value = list(struct.unpack("<%df" % (n // 4), payload))
+            else:
+                value = msgpack.unpackb(payload, raw=False)
+            out.append({"alias": alias, "seq": seq, "time_us": t_us, "stale": bool(flags & 1),
+                        "offset": offset, "total": total, "value": value})
+        return dseq, out
+
+    def close(self):
+        self.sock.close()

@@ -17,7 +17,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from avbus_client import Client, Closed, Timeout  # noqa: E402
+from avbus_client import Client, Closed, Telemetry, Timeout  # noqa: E402
 
 GLOBAL_LIMIT = 20.0
 STEP = 5.0  # bound for any single wait
@@ -219,6 +219,47 @@ def check_bye(c):
     passed("h: bye -> connection closed by the bus")
 
 
+def check_telemetry(host, port):
+    """An adapter publishes a meter over UDP; a panel subscribes at 20 Hz and gets it."""
+    adapter = Client(host, port, name="py-meter", role="adapter")
+    wa = adapter.hello()
+    ensure(isinstance(wa.get("udp"), int) and isinstance(wa.get("token"), int),
+           "welcome has udp and token: %r" % (wa,))
+    device = {"room": "py", "name": "desk", "class": "console", "driver": "py",
+              "controls": [{"name": "meters", "type": "meter", "min": 0.0, "max": 1.0,
+                            "channels": 4}]}
+    result = expect_ok(adapter.declare(device), "declare with a meter")
+    alias = result["streams"]["meters"]
+    ensure(isinstance(alias, int), "declare answer gives the meter's alias: %r" % result)
+    up = Telemetry(host, wa)
+    up.bind()
+
+    panel = Client(host, port, name="py-panel", role="panel")
+    wp = panel.hello()
+    down = Telemetry(host, wp)
+    down.bind()
+    r = expect_ok(panel.request({"t": "tsub", "filter": "py/+/meters", "hz": 20.0}), "tsub")
+    ensure([s["topic"] for s in r["streams"]] == ["py/desk/meters"],
+           "tsub lists the stream: %r" % r)
+    ensure(r["streams"][0]["alias"] == alias and r["streams"][0]["channels"] == 4,
+           "same alias and channels: %r" % r)
+    up.publish(alias, 1, [0.5, 0.25, 0.125, 1.0])
+    dseq, records = down.recv(STEP)
+    ensure(dseq == 0, "the first datagram to a client has dseq 0: %r" % dseq)
+    ensure(len(records) == 1 and records[0]["alias"] == alias, "one record: %r" % records)
+    rec = records[0]
+    ensure(rec["value"] == [0.5, 0.25, 0.125, 1.0] and rec["total"] == 4 and rec["seq"] == 1,
+           "the published value, byte for byte: %r" % rec)
+    got = expect_ok(panel.get("py/desk/meters"), "get of a meter")
+    ensure(got["value"] == [0.5, 0.25, 0.125, 1.0] and got["quality"] == "ok",
+           "get gives the newest value: %r" % got)
+    passed("t: meter published over UDP reaches a 20 Hz subscriber; get agrees")
+    for c in (up, down):
+        c.close()
+    for c in (adapter, panel):
+        c.close()
+
+
 def on_alarm(signum, frame):
     raise CheckFailed("global time limit of %.0f s exceeded" % GLOBAL_LIMIT)
 
@@ -238,6 +279,7 @@ def main(argv):
         check_get(c)
         check_pub(c, host, int(port))
         check_unknown_message(host, int(port))
+        check_telemetry(host, int(port))
         check_bye(c)
     except CheckFailed as e:
         print("FAIL: %s" % e, file=sys.stderr)
