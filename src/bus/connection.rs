@@ -18,8 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
-use super::outbox::{Drain, Item, Outbox, OutboxLimits};
+use super::outbox::{DirectWrite, Drain, Item, Outbox, OutboxLimits};
 use super::router::{ConnId, Hello, RouterMsg};
+use super::tcp::SharedTcp;
 use super::telemetry::{HubHandle, HubMsg};
 use crate::config::Config;
 use crate::protocol::{
@@ -84,9 +85,43 @@ pub async fn handle<S>(stream: S, peer: String, ip: Option<IpAddr>, ctx: Arc<Con
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let (rd, wr) = tokio::io::split(stream);
+    serve(rd, wr, None, peer, ip, ctx).await;
+}
+
+/// Runs one TCP connection to its end; the router may write to it directly (see
+/// [`super::outbox::Outbox::flush`]).
+pub async fn handle_tcp(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    ctx: Arc<ConnCtx>,
+) {
+    let shared = SharedTcp(Arc::new(stream));
+    let direct: Arc<dyn DirectWrite> = Arc::new(shared.clone());
+    serve(
+        shared.clone(),
+        shared,
+        Some(direct),
+        peer.to_string(),
+        Some(peer.ip()),
+        ctx,
+    )
+    .await;
+}
+
+async fn serve<R, W>(
+    rd: R,
+    mut wr: W,
+    direct: Option<Arc<dyn DirectWrite>>,
+    peer: String,
+    ip: Option<IpAddr>,
+    ctx: Arc<ConnCtx>,
+) where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
+{
     let cfg = ctx.cfg.clone();
     let max = cfg.limits.max_frame_bytes;
-    let (rd, mut wr) = tokio::io::split(stream);
     let mut reader = FramedRead::new(rd, codec(max));
 
     let handshake = Duration::from_millis(cfg.session.handshake_ms);
@@ -114,11 +149,14 @@ where
         }
     };
 
-    let outbox = Outbox::new(OutboxLimits {
-        frames: cfg.limits.outbox_frames,
-        bytes: cfg.limits.outbox_bytes,
-        conflate_topics: cfg.limits.conflate_topics,
-    });
+    let outbox = Outbox::with_direct(
+        OutboxLimits {
+            frames: cfg.limits.outbox_frames,
+            bytes: cfg.limits.outbox_bytes,
+            conflate_topics: cfg.limits.conflate_topics,
+        },
+        direct,
+    );
     let conn: ConnId = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = oneshot::channel();
     let name = hello.name.clone();

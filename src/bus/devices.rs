@@ -562,11 +562,15 @@ impl Router {
             .get(&owner)
             .and_then(|s| s.conn.as_ref())
             .ok_or_else(|| (ErrorCode::DeviceOffline, format!("{key} is offline")))?;
-        if adapter.outbox.push(f).is_err() {
-            return Err((
-                ErrorCode::Busy,
-                format!("{key}'s adapter is not reading its commands"),
-            ));
+        match adapter.outbox.push_quiet(f) {
+            Ok(true) => self.dirty.push(adapter.outbox.clone()),
+            Ok(false) => {}
+            Err(_) => {
+                return Err((
+                    ErrorCode::Busy,
+                    format!("{key}'s adapter is not reading its commands"),
+                ))
+            }
         }
         let qkey = self
             .deadlines

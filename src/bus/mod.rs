@@ -16,6 +16,7 @@ pub mod outbox;
 mod replay;
 pub mod router;
 mod subs;
+mod tcp;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -183,7 +184,7 @@ async fn accept_loop(
                     };
                     let ctx = ctx.clone();
                     tracker.spawn(async move {
-                        handle(stream, peer.to_string(), Some(peer.ip()), ctx).await;
+                        connection::handle_tcp(stream, peer, ctx).await;
                         drop(permit);
                     });
                 }

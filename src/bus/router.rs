@@ -165,6 +165,10 @@ pub struct Router {
     pub(super) hub: HubHandle,
     /// Telemetry aliases of meter topics, stable for the bus's run.
     pub(super) aliases: HashMap<Arc<str>, u32>,
+    /// Outboxes with frames queued quietly during this batch: flushed at its end.
+    pub(super) dirty: Vec<Arc<Outbox>>,
+    /// Gathering buffer for direct writes (reused).
+    wbuf: BytesMut,
     sys_last: HashMap<String, Value>,
     totals: OutboxStats,
     connections: usize,
@@ -191,6 +195,8 @@ impl Router {
             scratch: Vec::new(),
             hub,
             aliases: HashMap::new(),
+            dirty: Vec::new(),
+            wbuf: BytesMut::with_capacity(64 * 1024),
             sys_last: HashMap::new(),
             totals: OutboxStats::default(),
             connections: 0,
@@ -227,8 +233,21 @@ impl Router {
                     self.publish_sys();
                 }
             }
+            self.flush_dirty();
         }
         self.shutdown();
+    }
+
+    /// End of a batch: every outbox that got frames writes them (directly to its
+    /// socket when its writer is idle, else through its writer task).
+    fn flush_dirty(&mut self) {
+        for o in self.dirty.drain(..) {
+            o.flush(&mut self.wbuf);
+        }
+        // A huge batch must not pin a huge buffer for the bus's life.
+        if self.wbuf.capacity() > 1 << 20 {
+            self.wbuf = BytesMut::with_capacity(64 * 1024);
+        }
     }
 
     fn shutdown(&mut self) {
@@ -460,7 +479,11 @@ impl Router {
         let Some(c) = &s.conn else {
             return;
         };
-        if c.outbox.push(frame).is_err() {
+        let pushed = c.outbox.push_quiet(frame);
+        if let Ok(true) = pushed {
+            self.dirty.push(c.outbox.clone());
+        }
+        if pushed.is_err() {
             tracing::warn!(session = %sid, name = %s.name, "slow consumer: closing connection");
             c.outbox.close(Some(crate::protocol::frame(&BusMsg::Bye {
                 reason: "slow_consumer".into(),
@@ -614,8 +637,10 @@ impl Router {
         self.subs.matches(topic, &mut targets);
         for sid in &targets {
             if let Some(c) = self.sessions.get(sid).and_then(|s| s.conn.as_ref()) {
-                if c.outbox.push_update(topic, seq, &frame, retain) == Pushed::Conflated {
-                    tracing::trace!(session = %sid, %topic, "conflated");
+                match c.outbox.push_update(topic, seq, &frame, retain) {
+                    Pushed::Queued { flush: true } => self.dirty.push(c.outbox.clone()),
+                    Pushed::Conflated => tracing::trace!(session = %sid, %topic, "conflated"),
+                    _ => {}
                 }
             }
         }
