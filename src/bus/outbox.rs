@@ -223,11 +223,8 @@ impl Outbox {
         }
         // The lock is held across this non-blocking write so the writer cannot
         // start writing in between (bytes must never interleave).
-        let written = match direct.try_write(buf) {
-            Ok(n) => n,
-            // `WouldBlock`, or an error the writer will meet and report.
-            Err(_) => 0,
-        };
+        // An error (`WouldBlock`, or one the writer will meet and report) writes 0.
+        let written = direct.try_write(buf).unwrap_or_default();
         if written == 0 {
             drop(st);
             return self.notify.notify_one();
