@@ -160,6 +160,8 @@ pub struct SimState {
     /// `/xremote` requests from a client already subscribed, and `/renew`s that found
     /// their subscription.
     pub renewals: u64,
+    /// `/meters` subscriptions accepted (new or replacing one).
+    pub subscriptions: u64,
     /// Changes pushed, and meter blobs sent.
     pub pushes: u64,
     pub meter_blobs: u64,
@@ -471,6 +473,7 @@ struct Desk {
     unknown: u64,
     refused: u64,
     renewals: u64,
+    subscriptions: u64,
     pushes: u64,
     meter_blobs: u64,
 }
@@ -503,6 +506,7 @@ impl Desk {
             unknown: 0,
             refused: 0,
             renewals: 0,
+            subscriptions: 0,
             pushes: 0,
             meter_blobs: 0,
         }
@@ -526,6 +530,7 @@ impl Desk {
             unknown: self.unknown,
             refused: self.refused,
             renewals: self.renewals,
+            subscriptions: self.subscriptions,
             pushes: self.pushes,
             meter_blobs: self.meter_blobs,
         }
@@ -739,8 +744,14 @@ impl Desk {
             .iter_mut()
             .find(|s| s.addr == from && s.bank == bank)
         {
-            Some(old) => *old = sub,
-            None if held < MAX_METER_SUBS => self.subs.push(sub),
+            Some(old) => {
+                *old = sub;
+                self.subscriptions += 1;
+            }
+            None if held < MAX_METER_SUBS => {
+                self.subs.push(sub);
+                self.subscriptions += 1;
+            }
             None => {
                 self.refused += 1;
                 tracing::debug!(%from, "x32 sim: /meters refused, every slot taken");
