@@ -484,7 +484,7 @@ impl Desk {
             .map(|c| {
                 let programme = PROGRAMME.get(c.index());
                 Strip {
-                    fader: if programme.is_some() { 0.75 } else { 0.5 },
+                    fader: quantize_fader(if programme.is_some() { 0.75 } else { 0.5 }),
                     on: true,
                     name: programme.map_or_else(String::new, |(n, _)| (*n).into()),
                     source: Source::new(programme.map_or(SPARE_DB, |(_, db)| *db)),
