@@ -348,8 +348,22 @@ impl X32Driver {
         }
     }
 
+    /// Absorbs every datagram already waiting (at most [`RECV_BATCH`]), so that what
+    /// the timers judge is what has arrived, not what this task had time to read.
+    fn drain(&mut self) {
+        let X32Driver { console, link, .. } = self;
+        let Some(link) = link.as_mut() else { return };
+        for _ in 0..RECV_BATCH {
+            let Ok(n) = link.socket.try_recv(&mut link.buf) else {
+                break;
+            };
+            link.st.absorb(console, &link.buf[..n]);
+        }
+    }
+
     /// Renewals, liveness probes and a meter re-subscription that are due now.
     async fn maintain(&mut self) -> Result<(), DeviceError> {
+        self.drain();
         let now = Instant::now();
         let s = self.settings.clone();
         let meters = s.meter_factor > 0;
@@ -623,13 +637,10 @@ impl Driver for X32Driver {
             tokio::select! {
                 // A push, a meter blob, an answer to a probe (or garbage).
                 received = link.socket.recv(&mut link.buf) => match received {
+                    // The rest of what is waiting is taken by `maintain`, so the
+                    // newest meter frame wins.
                     Ok(n) => {
                         link.st.absorb(console, &link.buf[..n]);
-                        // Everything already waiting, so the newest meter frame wins.
-                        for _ in 1..RECV_BATCH {
-                            let Ok(n) = link.socket.try_recv(&mut link.buf) else { break };
-                            link.st.absorb(console, &link.buf[..n]);
-                        }
                     }
                     // An ICMP error for an earlier datagram: the probe finds out.
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}

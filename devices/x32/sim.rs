@@ -157,9 +157,10 @@ pub struct SimState {
     pub unknown: u64,
     /// `/xremote` and `/meters` requests refused for want of room.
     pub refused: u64,
-    /// `/xremote` requests from a client already subscribed, and `/renew`s that found
-    /// their subscription.
-    pub renewals: u64,
+    /// `/xremote` requests from a client already subscribed.
+    pub remote_renewals: u64,
+    /// `/renew`s that found their meter subscription.
+    pub meter_renewals: u64,
     /// `/meters` subscriptions accepted (new or replacing one).
     pub subscriptions: u64,
     /// Changes pushed, and meter blobs sent.
@@ -472,7 +473,8 @@ struct Desk {
     malformed: u64,
     unknown: u64,
     refused: u64,
-    renewals: u64,
+    remote_renewals: u64,
+    meter_renewals: u64,
     subscriptions: u64,
     pushes: u64,
     meter_blobs: u64,
@@ -505,7 +507,8 @@ impl Desk {
             malformed: 0,
             unknown: 0,
             refused: 0,
-            renewals: 0,
+            remote_renewals: 0,
+            meter_renewals: 0,
             subscriptions: 0,
             pushes: 0,
             meter_blobs: 0,
@@ -529,7 +532,8 @@ impl Desk {
             malformed: self.malformed,
             unknown: self.unknown,
             refused: self.refused,
-            renewals: self.renewals,
+            remote_renewals: self.remote_renewals,
+            meter_renewals: self.meter_renewals,
             subscriptions: self.subscriptions,
             pushes: self.pushes,
             meter_blobs: self.meter_blobs,
@@ -700,7 +704,7 @@ impl Desk {
                 let live = self.subs.iter_mut().filter(|s| s.until > now);
                 for sub in live.filter(|s| s.addr == from && bank.is_none_or(|b| b == s.bank)) {
                     sub.until = until;
-                    self.renewals += 1;
+                    self.meter_renewals += 1;
                 }
             }
             Request::Other(address) => {
@@ -715,7 +719,7 @@ impl Desk {
         let until = later(now, self.cfg.xremote_ttl);
         if let Some(r) = self.remotes.iter_mut().find(|r| r.addr == from) {
             r.until = until;
-            self.renewals += 1;
+            self.remote_renewals += 1;
         } else if self.remotes.len() < self.cfg.max_remotes {
             self.remotes.push(Remote { addr: from, until });
         } else {
