@@ -58,16 +58,17 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use super::controls::descriptor;
+use super::controls::{meter_value, param_changes, parse_control, Leaf};
 use super::proto::{
-    db_to_fader, fader_to_db, meter_db, quantize_fader, quote, valid_name, Channel, ConsoleInfo,
-    MeterBank, Param, ParamValue, Reply, Request, CHANNELS, FADER_FLOOR_DB, FADER_MAX_DB,
-    FADER_STEPS, MAX_DATAGRAM, METER_FLOOR_DB, METER_MAX_DB, NAME_LEN, PORT,
+    db_to_fader, quantize_fader, quote, valid_name, ConsoleInfo, MeterBank, Param, ParamValue,
+    Reply, Request, CHANNELS, FADER_STEPS, MAX_DATAGRAM, NAME_LEN, PORT,
 };
 use crate::config::DeviceConfig;
 use crate::devices::kit::{
     Changes, CommandFailure, DeviceCommand, DeviceError, Driver, Host, Timing,
 };
-use crate::model::{Access, ControlKind, ControlSpec, DeviceDescriptor, Taper};
+use crate::model::DeviceDescriptor;
 use crate::protocol::{CommandOp, ErrorCode};
 use crate::value::{as_number, Value};
 
@@ -365,22 +366,29 @@ impl X32Driver {
     async fn maintain(&mut self) -> Result<(), DeviceError> {
         self.drain();
         let now = Instant::now();
-        let s = self.settings.clone();
-        let meters = s.meter_factor > 0;
+        // Copied out: `self` is borrowed mutably by every send below.
+        let X32Settings {
+            renew: every,
+            retry,
+            meter_factor,
+            meter_silence,
+            ..
+        } = self.settings;
+        let meters = meter_factor > 0;
         let st = &self.link()?.st;
         let (renew, probe, resubscribe) = (now >= st.renew_at, st.probe, st.resubscribe);
-        let silent_meters = meters && now >= st.metered + s.meter_silence;
-        let silent = now >= st.heard + s.renew;
+        let silent_meters = meters && now >= st.metered + meter_silence;
+        let silent = now >= st.heard + every;
         if renew {
             self.send(&Request::XRemote).await?;
             if meters {
                 self.send(&Request::Renew(Some(BANK))).await?;
             }
-            self.link()?.st.renew_at = now + s.renew;
+            self.link()?.st.renew_at = now + every;
         }
         match probe {
-            Some((sent, tries)) if now >= sent + s.retry.try_timeout => {
-                if tries >= s.retry.tries.max(1) {
+            Some((sent, tries)) if now >= sent + retry.try_timeout => {
+                if tries >= retry.tries.max(1) {
                     let why = format!("{}: no answer to /status after {tries} tries", self.console);
                     return Err(DeviceError::Unreachable(why));
                 }
@@ -392,7 +400,7 @@ impl X32Driver {
             // holds the subscription.
             None if resubscribe => {
                 tracing::warn!(console = %self.console, "meters stopped: subscribing again");
-                let time_factor = i32::from(s.meter_factor);
+                let time_factor = i32::from(meter_factor);
                 self.send(&Request::Meters {
                     bank: BANK,
                     time_factor,
@@ -659,64 +667,6 @@ impl Driver for X32Driver {
     }
 }
 
-/// The last part of a channel control's name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Leaf {
-    Fader,
-    FaderDb,
-    Mute,
-    Name,
-}
-
-/// `ch07_fader_db` → channel 7, [`Leaf::FaderDb`].
-fn parse_control(name: &str) -> Option<(Channel, Leaf)> {
-    let rest = name.strip_prefix("ch")?;
-    let (nn, leaf) = rest.split_at_checked(2)?;
-    let channel = Channel::new(
-        nn.parse()
-            .ok()
-            .filter(|_| nn.bytes().all(|b| b.is_ascii_digit()))?,
-    )?;
-    let leaf = match leaf {
-        "_fader" => Leaf::Fader,
-        "_fader_db" => Leaf::FaderDb,
-        "_mute" => Leaf::Mute,
-        "_name" => Leaf::Name,
-        _ => return None,
-    };
-    Some((channel, leaf))
-}
-
-fn control_name(channel: Channel, leaf: &str) -> String {
-    format!("ch{channel}_{leaf}")
-}
-
-/// The controls a parameter's value shows in.
-fn param_changes(p: Param, v: &ParamValue) -> Changes {
-    let c = p.channel();
-    match v {
-        ParamValue::Fader(f) => {
-            let f = f.clamp(0.0, 1.0);
-            let position = (f64::from(f) * 1e4).round() / 1e4;
-            let db = (fader_to_db(f) * 10.0).round() / 10.0;
-            vec![
-                (control_name(c, "fader"), Value::F64(position)),
-                (control_name(c, "fader_db"), Value::F64(db)),
-            ]
-        }
-        ParamValue::On(on) => vec![(control_name(c, "mute"), Value::Boolean(!on))],
-        ParamValue::Name(name) => vec![(control_name(c, "name"), Value::from(name.as_str()))],
-    }
-}
-
-/// The `meters` value: one dBFS level per channel, to 0.1 dB.
-fn meter_value(levels: &[f32]) -> Value {
-    let db = levels
-        .iter()
-        .map(|v| Value::F32(((meter_db(*v) * 10.0).round() / 10.0) as f32));
-    Value::Array(db.collect())
-}
-
 /// Whether `v` is what a set to `target` stores (a fader within half a step).
 fn same(v: &ParamValue, target: &ParamValue) -> bool {
     match (v, target) {
@@ -742,61 +692,6 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> Result<Changes, Comman
 
 fn not_connected() -> DeviceError {
     DeviceError::Unreachable("not connected".into())
-}
-
-/// The descriptor of an X32 console at `room/name`; `meter_factor` 0 declares no
-/// meters.
-pub fn descriptor(room: &str, name: &str, label: &str, meter_factor: u8) -> DeviceDescriptor {
-    let info = |name: &str, label: &str| {
-        ControlSpec::new(name, ControlKind::String { max_len: 64 })
-            .access(Access::Read)
-            .label(label)
-    };
-    let mut controls = vec![info("model", "Model"), info("firmware", "Firmware")];
-    for c in Channel::all() {
-        let n = c.number();
-        let fader = ControlKind::Float {
-            min: 0.0,
-            max: 1.0,
-            step: None,
-            unit: String::new(),
-            taper: Taper::Linear,
-        };
-        let db = ControlKind::Float {
-            min: FADER_FLOOR_DB,
-            max: FADER_MAX_DB,
-            step: Some(0.1),
-            unit: "dB".into(),
-            taper: Taper::Db,
-        };
-        let text = ControlKind::String { max_len: NAME_LEN };
-        controls.extend([
-            ControlSpec::new(&control_name(c, "fader"), fader).label(&format!("Ch {n} fader")),
-            ControlSpec::new(&control_name(c, "fader_db"), db).label(&format!("Ch {n} level")),
-            ControlSpec::new(&control_name(c, "mute"), ControlKind::Bool)
-                .label(&format!("Ch {n} mute")),
-            ControlSpec::new(&control_name(c, "name"), text).label(&format!("Ch {n} name")),
-        ]);
-    }
-    if meter_factor > 0 {
-        let kind = ControlKind::Meter {
-            min: METER_FLOOR_DB,
-            max: METER_MAX_DB,
-            unit: "dBFS".into(),
-            channels: CHANNELS.into(),
-            rate_hz: 20.0 / f64::from(meter_factor),
-        };
-        let meters = ControlSpec::new("meters", kind).access(Access::Read);
-        controls.push(meters.label("Channel meters"));
-    }
-    DeviceDescriptor {
-        room: room.into(),
-        name: name.into(),
-        label: label.into(),
-        class: "console".into(),
-        driver: "x32-osc".into(),
-        controls,
-    }
 }
 
 /// Checks a `[[device]] driver = "x32-osc"` entry: `host` is required, `port` defaults

@@ -7,7 +7,8 @@
 //! * [`sim`]: a console on a real UDP socket: gets and sets, change pushes to `/xremote`
 //!   clients until their subscription lapses, meter blobs with moving signal while a
 //!   `/meters` subscription lives, and a front panel for tests;
-//! * [`adapter`]: the [`crate::devices::kit::Driver`] (`x32-osc`, class `console`).
+//! * [`adapter`]: the [`crate::devices::kit::Driver`] (`x32-osc`, class `console`), with
+//!   its descriptor and control mapping in `controls`.
 //!
 //! Sources (stored public copies):
 //! * Patrick-Gilles Maillot, "Unofficial X32/M32 OSC Remote Protocol" (v0.64 and later;
@@ -36,5 +37,6 @@
 //! simulator's and the adapter's in `tests/x32.rs`.
 
 pub mod adapter;
+mod controls;
 pub mod proto;
 pub mod sim;
