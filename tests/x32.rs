@@ -366,6 +366,27 @@ async fn a_console_that_goes_away_is_offline_until_it_comes_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_restarted_behind_the_adapters_back_is_read_again() {
+    let sim = sim(SimConfig::fast()).await;
+    let addr = sim.addr();
+    let mut rig = Rig::start(settings(addr)).await;
+    rig.set("ch10_fader", Value::F64(0.1)).await.unwrap();
+    rig.set("ch10_mute", Value::Boolean(true)).await.unwrap();
+    // A restart recalls the console's default scene and forgets every subscription.
+    within("the console to stop", sim.stop()).await;
+    let sim = Sim::start(addr, SimConfig::fast()).await.unwrap();
+    rig.seen("ch10_fader", |v| v == &shown(0.75)).await;
+    rig.seen("ch10_mute", |v| v == &Value::Boolean(false)).await;
+    console_until(&sim, "the subscriptions back", |s| {
+        s.remotes == 1 && s.meter_subs == 1
+    })
+    .await;
+    sim.panel().set_on(10, false).unwrap();
+    rig.seen("ch10_mute", |v| v == &Value::Boolean(true)).await;
+    rig.bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_the_console_is_logged_and_ignored() {
     let sim = sim(SimConfig::fast()).await;
     let s = settings(sim.addr());

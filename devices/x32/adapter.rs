@@ -38,7 +38,9 @@
 //! renewal interval) the driver asks `/status`; no answer after every try is
 //! [`DeviceError::Unreachable`], and the kit marks the console offline, meters
 //! included. An answer means the console lost the meter subscription (it restarted
-//! within the silence, say): the driver subscribes again. So meters shown `ok` are at
+//! within the silence, say): the driver subscribes to both again and reads the full
+//! state, since a restarted console may have recalled another scene (stale mutes after a
+//! console restart are what users of control systems complain of). So meters shown `ok` are at
 //! most `meter_silence` + `tries` × `try_timeout` old (under 1 s by default) before the
 //! console turns offline; the kit has no way to mark a single control stale meanwhile.
 //!
@@ -212,6 +214,9 @@ struct LinkState {
     probe: Option<(Instant, u32)>,
     /// The meters went silent: subscribe again once the console answers the probe.
     resubscribe: bool,
+    /// The console lost its subscriptions, so it probably restarted (and recalled a
+    /// scene): read the full state again before reporting anything else.
+    resync: bool,
 }
 
 /// An X32 console driven through the adapter kit.
@@ -399,7 +404,8 @@ impl X32Driver {
             // The console answered the probe but its meters had stopped: it no longer
             // holds the subscription.
             None if resubscribe => {
-                tracing::warn!(console = %self.console, "meters stopped: subscribing again");
+                tracing::warn!(console = %self.console, "meters stopped: subscribing again, reading the state");
+                self.send(&Request::XRemote).await?;
                 let time_factor = i32::from(meter_factor);
                 self.send(&Request::Meters {
                     bank: BANK,
@@ -407,7 +413,7 @@ impl X32Driver {
                 })
                 .await?;
                 let st = &mut self.link()?.st;
-                (st.metered, st.resubscribe) = (now, false);
+                (st.metered, st.resubscribe, st.resync) = (now, false, true);
             }
             None if silent_meters || silent => {
                 tracing::debug!(console = %self.console, silent_meters, "quiet console: asking /status");
@@ -546,6 +552,7 @@ impl Driver for X32Driver {
                 metered: now,
                 probe: None,
                 resubscribe: false,
+                resync: false,
             },
         });
         let info = self.ask_info().await?;
@@ -630,6 +637,14 @@ impl Driver for X32Driver {
     /// action interrupted before it updated its timer is done again.
     async fn next_event(&mut self) -> Result<Changes, DeviceError> {
         loop {
+            if self.link.as_ref().is_some_and(|l| l.st.resync) {
+                // Interrupted, the flag stays and the read is done again.
+                let params: Vec<Param> = Param::all().collect();
+                self.read(&params).await?;
+                let st = &mut self.link()?.st;
+                st.dirty.extend(Param::all());
+                st.resync = false;
+            }
             let X32Driver {
                 settings,
                 console,
