@@ -39,10 +39,10 @@
 //! [`DeviceError::Unreachable`], and the kit marks the console offline, meters
 //! included. An answer means the console lost the meter subscription (it restarted
 //! within the silence, say): the driver subscribes to both again and reads the full
-//! state, since a restarted console may have recalled another scene (stale mutes after a
-//! console restart are what users of control systems complain of). So meters shown `ok` are at
-//! most `meter_silence` + `tries` × `try_timeout` old (under 1 s by default) before the
-//! console turns offline; the kit has no way to mark a single control stale meanwhile.
+//! state, as a restarted console may have recalled another scene (no stale mutes after
+//! a console restart). So meters shown `ok` are at most `meter_silence` + `tries` ×
+//! `try_timeout` old (under 1 s by default) before the console turns offline; the kit
+//! has no way to mark a single control stale meanwhile.
 //!
 //! Meter frames are conflated: [`Driver::next_event`] takes every datagram waiting and
 //! reports the newest frame once, with the parameter changes pushed meanwhile. Other
@@ -61,7 +61,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use super::controls::descriptor;
-use super::controls::{meter_value, param_changes, parse_control, Leaf};
+use super::controls::{info_changes, meter_value, param_changes, parse_control, Leaf};
 use super::proto::{
     db_to_fader, quantize_fader, quote, valid_name, ConsoleInfo, MeterBank, Param, ParamValue,
     Reply, Request, CHANNELS, FADER_STEPS, MAX_DATAGRAM, NAME_LEN, PORT,
@@ -90,8 +90,9 @@ const READ_WINDOW: usize = 16;
 /// Receive buffer: one byte more than the largest datagram decoded, so an oversized
 /// one is seen as too long rather than truncated into something valid.
 const RECV_BUF: usize = MAX_DATAGRAM + 1;
-/// Datagrams absorbed per wake-up of [`Driver::next_event`] before it reports: at 20
-/// meter blobs a second this is always all of them, and a flood still yields.
+/// Datagrams already waiting that are absorbed at once before the timers are judged
+/// and changes reported: at 20 meter blobs a second this is all of them, and a flood
+/// still yields.
 const RECV_BATCH: usize = 64;
 
 /// What [`Driver::execute`] answers.
@@ -243,8 +244,8 @@ impl X32Driver {
     /// Sends one request. An ICMP error from an earlier datagram ("port unreachable")
     /// counts as this one being lost: the retransmissions find out.
     async fn send(&mut self, request: &Request) -> Result<(), DeviceError> {
-        let console = self.console.clone();
-        let link = self.link()?;
+        let X32Driver { console, link, .. } = self;
+        let link = link.as_mut().ok_or_else(not_connected)?;
         match link.socket.send(&request.encode()).await {
             Err(e) if e.kind() != io::ErrorKind::ConnectionRefused => {
                 Err(DeviceError::Unreachable(format!("{console}: {e}")))
@@ -533,17 +534,11 @@ impl Driver for X32Driver {
         socket.connect(addr).await.map_err(io)?;
         self.settings.local.set(socket.local_addr().ok());
         let now = Instant::now();
-        let info = ConsoleInfo {
-            ip: String::new(),
-            name: String::new(),
-            model: String::new(),
-            version: String::new(),
-        };
         self.link = Some(Link {
             socket,
             buf: vec![0; RECV_BUF].into_boxed_slice(),
             st: LinkState {
-                info,
+                info: ConsoleInfo::default(),
                 values: BTreeMap::new(),
                 dirty: BTreeSet::new(),
                 meters: None,
@@ -577,10 +572,7 @@ impl Driver for X32Driver {
         let params: Vec<Param> = Param::all().collect();
         self.read(&params).await?;
         let st = &mut self.link()?.st;
-        let mut changes: Changes = vec![
-            ("model".into(), Value::from(st.info.model.as_str())),
-            ("firmware".into(), Value::from(st.info.version.as_str())),
-        ];
+        let mut changes = info_changes(&st.info);
         for (p, v) in &st.values {
             changes.extend(param_changes(*p, v));
         }

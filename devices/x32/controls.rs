@@ -2,12 +2,15 @@
 //! map to controls and back (the table is in [`super::adapter`]).
 
 use super::proto::{
-    fader_to_db, meter_db, Channel, Param, ParamValue, CHANNELS, FADER_FLOOR_DB, FADER_MAX_DB,
-    METER_FLOOR_DB, METER_MAX_DB, NAME_LEN,
+    fader_to_db, meter_db, Channel, ConsoleInfo, Param, ParamValue, CHANNELS, FADER_FLOOR_DB,
+    FADER_MAX_DB, METER_FLOOR_DB, METER_MAX_DB, NAME_LEN,
 };
 use crate::devices::kit::Changes;
 use crate::model::{Access, ControlKind, ControlSpec, DeviceDescriptor, Taper};
 use crate::value::Value;
+
+/// Longest model or firmware text shown (longer text from the console is cut).
+const INFO_LEN: usize = 64;
 
 /// The last part of a channel control's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +73,7 @@ pub(super) fn meter_value(levels: &[f32]) -> Value {
 /// meters.
 pub fn descriptor(room: &str, name: &str, label: &str, meter_factor: u8) -> DeviceDescriptor {
     let info = |name: &str, label: &str| {
-        ControlSpec::new(name, ControlKind::String { max_len: 64 })
+        ControlSpec::new(name, ControlKind::String { max_len: INFO_LEN })
             .access(Access::Read)
             .label(label)
     };
@@ -119,4 +122,13 @@ pub fn descriptor(room: &str, name: &str, label: &str, meter_factor: u8) -> Devi
         driver: "x32-osc".into(),
         controls,
     }
+}
+
+/// The `model` and `firmware` controls from `/xinfo`'s answer.
+pub(super) fn info_changes(info: &ConsoleInfo) -> Changes {
+    let cut = |s: &str| Value::from(s.chars().take(INFO_LEN).collect::<String>());
+    vec![
+        ("model".into(), cut(&info.model)),
+        ("firmware".into(), cut(&info.version)),
+    ]
 }

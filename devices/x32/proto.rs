@@ -213,7 +213,7 @@ impl MeterBank {
 }
 
 /// What `/xinfo` answers: `,ssss` address, console name, model, firmware version.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ConsoleInfo {
     pub ip: String,
     pub name: String,
