@@ -18,6 +18,7 @@ pub const DEVICES: &[(&str, &str, &str)] = &[
     ("boardroom", "switcher", "extron-sis"),
     ("hall", "dsp", "qrc"),
     ("hall", "camera", "visca"),
+    ("hall", "console", "x32-osc"),
 ];
 
 /// Runs the demo until `shutdown` resolves.
@@ -89,6 +90,9 @@ pub async fn run(
          \n  cargo run --release -- set{bus} hall/dsp/Program.gain 99         # invalid_value, names the range\
          \n  cargo run --release -- get{bus} --full hall/dsp/Program.gain\
          \n  cargo run --release -- call{bus} hall/camera/recall '{{\"preset\": 1}}'\
+         \n  cargo run --release -- set{bus} hall/console/ch01_fader_db -10   # the lectern mic, on the console's fader law\
+         \n  cargo run --release -- set{bus} hall/console/ch07_mute true\
+         \n  cargo run --release -- get{bus} hall/console/meters              # 32 channel levels in dBFS, 20 Hz\
          \n  cargo run --release -- sub{bus} --full '$sys/#'\
          \n\nCtrl-C stops the demo.",
         tcp = handle.tcp

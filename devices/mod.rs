@@ -18,3 +18,4 @@ pub mod registry;
 pub mod sims;
 pub mod virtual_room;
 pub mod visca;
+pub mod x32;

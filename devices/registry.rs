@@ -5,11 +5,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::kit::Host;
-use super::{extron, pjlink, qrc, virtual_room, visca};
+use super::{extron, pjlink, qrc, virtual_room, visca, x32};
 use crate::config::DeviceConfig;
 
 /// Driver names accepted in `[[device]] driver = "..."`.
-pub const DRIVERS: &[&str] = &["pjlink", "extron-sis", "qrc", "visca", "virtual"];
+pub const DRIVERS: &[&str] = &["pjlink", "extron-sis", "qrc", "visca", "x32-osc", "virtual"];
 
 /// Checks a `[[device]]` entry against its driver's needs.
 ///
@@ -21,6 +21,7 @@ pub fn check(d: &DeviceConfig) -> Result<(), String> {
         "extron-sis" => extron::adapter::check(d),
         "qrc" => qrc::adapter::check(d),
         "visca" => visca::adapter::check(d),
+        "x32-osc" => x32::adapter::check(d),
         "virtual" => virtual_room::check(d),
         other => Err(format!(
             "unknown driver {other:?} (known: {})",
@@ -44,6 +45,7 @@ pub fn spawn(
         "extron-sis" => Ok(extron::adapter::spawn(host, d, cancel)),
         "qrc" => Ok(qrc::adapter::spawn(host, d, cancel)),
         "visca" => Ok(visca::adapter::spawn(host, d, cancel)),
+        "x32-osc" => Ok(x32::adapter::spawn(host, d, cancel)),
         "virtual" => Ok(virtual_room::spawn(host, d, cancel)),
         other => Err(format!("unknown driver {other:?}")),
     }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 /// Simulators `avbus sim` can run, by driver name.
-pub const SIMULATORS: &[&str] = &["pjlink", "extron-sis", "qrc", "visca"];
+pub const SIMULATORS: &[&str] = &["pjlink", "extron-sis", "qrc", "visca", "x32-osc"];
 
 /// A running simulator of any kind.
 pub enum AnySim {
@@ -12,6 +12,7 @@ pub enum AnySim {
     Extron(super::extron::sim::Sim),
     Qrc(super::qrc::sim::Sim),
     Visca(super::visca::sim::Sim),
+    X32(super::x32::sim::Sim),
 }
 
 impl AnySim {
@@ -74,6 +75,18 @@ impl AnySim {
                 };
                 AnySim::Visca(Sim::start(listen, cfg).await.map_err(io)?)
             }
+            "x32-osc" => {
+                use super::x32::sim::{Sim, SimConfig};
+                if password.is_some() {
+                    return Err("an X32 console's OSC has no password".into());
+                }
+                let cfg = if fast {
+                    SimConfig::fast()
+                } else {
+                    SimConfig::default()
+                };
+                AnySim::X32(Sim::start(listen, cfg).await.map_err(io)?)
+            }
             other => {
                 return Err(format!(
                     "no simulator for {other:?} (known: {})",
@@ -90,12 +103,13 @@ impl AnySim {
             AnySim::Extron(s) => s.addr(),
             AnySim::Qrc(s) => s.addr(),
             AnySim::Visca(s) => s.addr(),
+            AnySim::X32(s) => s.addr(),
         }
     }
 
-    /// Whether the device speaks UDP (VISCA) rather than TCP.
+    /// Whether the device speaks UDP (VISCA, OSC) rather than TCP.
     pub fn udp(&self) -> bool {
-        matches!(self, AnySim::Visca(_))
+        matches!(self, AnySim::Visca(_) | AnySim::X32(_))
     }
 
     /// Stops it: the listener and every connection close.
@@ -105,6 +119,7 @@ impl AnySim {
             AnySim::Extron(s) => s.stop().await,
             AnySim::Qrc(s) => s.stop().await,
             AnySim::Visca(s) => s.stop().await,
+            AnySim::X32(s) => s.stop().await,
         }
     }
 }

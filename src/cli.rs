@@ -54,7 +54,7 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Run a device simulator (pjlink, extron-sis, qrc, visca) until Ctrl-C.
+    /// Run a device simulator (pjlink, extron-sis, qrc, visca, x32-osc) until Ctrl-C.
     Sim {
         /// Which device to simulate.
         driver: String,

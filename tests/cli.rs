@@ -123,6 +123,7 @@ fn the_demo_tour_works_from_the_cli() {
         "boardroom/switcher",
         "hall/dsp",
         "hall/camera",
+        "hall/console",
     ];
     wait_online(&demo.addr, &devices);
 
@@ -136,6 +137,7 @@ fn the_demo_tour_works_from_the_cli() {
         ("boardroom/switcher", "switcher", "extron-sis"),
         ("hall/dsp", "dsp", "qrc"),
         ("hall/camera", "camera", "visca"),
+        ("hall/console", "console", "x32-osc"),
     ] {
         let row = table
             .lines()
@@ -184,6 +186,23 @@ fn the_demo_tour_works_from_the_cli() {
     let out = demo.run(&["call", "hall/camera/recall", "{\"preset\": 1}"]);
     assert!(out.status.success(), "{}", stderr(&out));
 
+    let out = demo.run(&["set", "hall/console/ch01_fader_db", "-10"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = demo.run(&["get", "--full", "hall/console/ch01_fader_db"]);
+    let rec: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(rec["display"], "-10.0 dB");
+    // The first meter frame follows the console's state by a blob interval or so.
+    let meters = (0..50)
+        .map(|_| stdout(&demo.run(&["get", "hall/console/meters"])))
+        .find_map(|out| {
+            serde_json::from_str::<serde_json::Value>(out.trim())
+                .ok()?
+                .as_array()
+                .cloned()
+        })
+        .expect("the console's meters");
+    assert_eq!(meters.len(), 32, "{meters:?}");
+
     let out = demo.run(&["pub", "--retain", "boardroom/scene", "presentation"]);
     assert!(stdout(&out).starts_with("ok "));
     assert_eq!(
@@ -203,7 +222,7 @@ fn the_demo_tour_works_from_the_cli() {
 
     let out = demo.run(&["devices", "--json"]);
     let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
-    assert_eq!(json.as_array().unwrap().len(), 4);
+    assert_eq!(json.as_array().unwrap().len(), 5);
 
     let out = Command::new(BIN)
         .args(["get", "x/y", "--bus", "127.0.0.1:1"])
