@@ -74,7 +74,9 @@ pub fn to_json(value: &Value) -> serde_json::Value {
                 J::from(i.as_u64().unwrap_or(0))
             }
         }
-        Value::F32(f) => float_json(f64::from(*f)),
+        // The shortest decimal that reads back as the same f32 (-12.7, not
+        // -12.699999809265137).
+        Value::F32(f) => float_json(f.to_string().parse::<f64>().unwrap_or(f64::from(*f))),
         Value::F64(f) => float_json(*f),
         Value::String(s) => J::String(
             s.as_str()
