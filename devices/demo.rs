@@ -12,12 +12,14 @@ use crate::client::{Client, ClientOptions};
 use crate::config::{Config, DeviceConfig};
 use crate::protocol::Role;
 
-/// The demo's devices: (room, name, driver).
+/// The demo's devices: (room, name, driver). `virtual` needs no simulator: its
+/// hardware is in-process (the mixer brings a meter to the panel).
 pub const DEVICES: &[(&str, &str, &str)] = &[
     ("boardroom", "projector", "pjlink"),
     ("boardroom", "switcher", "extron-sis"),
     ("hall", "dsp", "qrc"),
     ("hall", "camera", "visca"),
+    ("hall", "mixer", "virtual"),
 ];
 
 /// Runs the demo until `shutdown` resolves.
@@ -30,13 +32,13 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = Config::default();
     if let Some(l) = listen {
-        cfg.listen.tcp = l;
+        cfg.listen.set_tcp(l);
     }
     let handle = match start(cfg.clone()).await {
         Ok(h) => h,
         Err(e) if listen.is_none() && e.kind() == std::io::ErrorKind::AddrInUse => {
-            tracing::warn!("127.0.0.1:7420 is taken; using a free port");
-            cfg.listen.tcp = SocketAddr::from(([127, 0, 0, 1], 0));
+            tracing::warn!("{e}; using free ports");
+            cfg.listen.set_tcp(SocketAddr::from(([127, 0, 0, 1], 0)));
             start(cfg).await?
         }
         Err(e) => return Err(e.into()),
@@ -48,6 +50,20 @@ pub async fn run(
     let mut devices = Vec::new();
     let mut started = String::new();
     for (room, name, driver) in DEVICES {
+        if *driver == "virtual" {
+            started.push_str(&format!("\n  {room}/{name:<10} {driver:<11} in-process"));
+            devices.push(DeviceConfig {
+                room: (*room).into(),
+                name: (*name).into(),
+                driver: (*driver).into(),
+                label: None,
+                host: None,
+                port: None,
+                password: None,
+                poll_ms: None,
+            });
+            continue;
+        }
         let sim = AnySim::start(driver, SocketAddr::from(([127, 0, 0, 1], 0)), None, false).await?;
         let addr = sim.addr();
         started.push_str(&format!(
@@ -77,6 +93,9 @@ pub async fn run(
     } else {
         format!(" --bus {}", handle.tcp)
     };
+    if let Some(http) = handle.http {
+        println!("\navbus demo: the panel is at http://{http}/");
+    }
     println!(
         "\navbus demo: bus on {tcp}; device simulators and their adapters:{started}\n\
          \nTry, in another terminal (export AVBUS_ADDR={tcp} to drop --bus):\n\

@@ -32,10 +32,10 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
-/// A test configuration: loopback, port 0.
+/// A test configuration: loopback, port 0 (TCP and HTTP).
 pub fn config() -> Config {
     let mut cfg = Config::default();
-    cfg.listen.tcp = SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg.listen.set_tcp(SocketAddr::from(([127, 0, 0, 1], 0)));
     cfg
 }
 
