@@ -109,7 +109,9 @@ impl Rig {
         let switcher = extron::sim::Sim::start(local, extron::sim::SimConfig::fast())
             .await
             .unwrap();
-        let dsp = qrc::sim::Sim::start(local, qrc::sim::SimConfig::fast())
+        // The default design: `fast()` closes connections idle for 500 ms, which
+        // would take the DSP offline between the adapter's polls.
+        let dsp = qrc::sim::Sim::start(local, qrc::sim::SimConfig::default())
             .await
             .unwrap();
         let devices = vec![
@@ -302,7 +304,8 @@ async fn the_panel_in_chromium() {
                 return (Some(msg), asked);
             }
             asked.push(msg["ask"].as_str().unwrap_or_default().to_owned());
-            let reply = rig.answer(&msg).await;
+            let what = format!("the answer to {msg}");
+            let reply = within(&what, rig.answer(&msg)).await;
             let mut text = reply.to_string();
             text.push('\n');
             if stdin.write_all(text.as_bytes()).is_err() {

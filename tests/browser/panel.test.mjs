@@ -220,7 +220,7 @@ try {
     'an offline device\'s switches are disabled');
   check(await desktop.$eval(`${at('boardroom/projector/power')}`, (c) => c.dataset.quality !== 'offline'),
     'other devices are untouched');
-  await desktop.locator('[data-device="boardroom/switcher"]').scrollIntoViewIfNeeded();
+  await desktop.evaluate(() => document.querySelector('[data-device="boardroom/switcher"]').scrollIntoView({ block: 'start' }));
   await desktop.screenshot({ path: `${ARTIFACTS}/panel-offline-desktop.png` });
 
   check(problems.length === 0, `no page errors (${problems.join('; ')})`);
