@@ -122,11 +122,10 @@ impl Rig {
             device("hall", "camera", "virtual", None),
         ];
         let cancel = CancellationToken::new();
-        let adapters = Client::connect(
-            ClientOptions::local(bus.local(), "test-adapters").role(Role::Adapter),
-        )
-        .await
-        .unwrap();
+        let adapters =
+            Client::connect(ClientOptions::local(bus.local(), "test-adapters").role(Role::Adapter))
+                .await
+                .unwrap();
         let c = cancel.clone();
         tokio::spawn(async move { host_all(adapters, &devices, c).await });
         let rig = Rig {
@@ -169,10 +168,7 @@ impl Rig {
                     let topic = t.as_str().unwrap_or_default();
                     let u = self.settled(topic).await;
                     let value = avbus::value::to_json(&u.value);
-                    values.insert(
-                        topic.into(),
-                        json!({"display": u.display, "value": value}),
-                    );
+                    values.insert(topic.into(), json!({"display": u.display, "value": value}));
                 }
                 json!({"ok": true, "values": values})
             }
@@ -184,8 +180,7 @@ impl Rig {
                 let c = common::client(&self.bus, "check", Role::Tool).await;
                 let mut sub = c.subscribe(&["hall/dsp/Program.mute"]).await.unwrap();
                 common::until(&mut sub, |u| {
-                    u.quality == Some(Quality::Ok)
-                        && u.value == avbus::value::Value::Boolean(want)
+                    u.quality == Some(Quality::Ok) && u.value == avbus::value::Value::Boolean(want)
                 })
                 .await;
                 c.close().await;
@@ -230,7 +225,10 @@ impl Rig {
                 json!({"ok": true, "dropped": dropped})
             }
             "restore" => {
-                self.bus.web().expect("the gateway runs").set_accepting(true);
+                self.bus
+                    .web()
+                    .expect("the gateway runs")
+                    .set_accepting(true);
                 json!({"ok": true})
             }
             // The switcher's power fails: its simulator stops.
@@ -316,13 +314,15 @@ async fn the_panel_in_chromium() {
     };
     let outcome = tokio::time::timeout(SESSION_LIMIT, session).await;
     let status = match outcome {
-        Ok(_) => within("the browser script to exit", async {
-            tokio::task::spawn_blocking(move || child.wait())
-                .await
-                .unwrap()
-                .unwrap()
-        })
-        .await,
+        Ok(_) => {
+            within("the browser script to exit", async {
+                tokio::task::spawn_blocking(move || child.wait())
+                    .await
+                    .unwrap()
+                    .unwrap()
+            })
+            .await
+        }
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
@@ -332,11 +332,25 @@ async fn the_panel_in_chromium() {
     };
     rig.stop().await;
     let (done, asked) = outcome.unwrap();
-    assert!(status.success(), "the browser script failed ({status}); see its output above");
+    assert!(
+        status.success(),
+        "the browser script failed ({status}); see its output above"
+    );
     let done = done.expect("the script reports done");
     assert!(done["checks"].as_u64().unwrap_or(0) > 0, "{done}");
-    for step in ["expect", "dsp_muted", "cli", "front_panel", "drop", "restore", "switcher_off"] {
-        assert!(asked.iter().any(|a| a == step), "the script skipped {step}: {asked:?}");
+    for step in [
+        "expect",
+        "dsp_muted",
+        "cli",
+        "front_panel",
+        "drop",
+        "restore",
+        "switcher_off",
+    ] {
+        assert!(
+            asked.iter().any(|a| a == step),
+            "the script skipped {step}: {asked:?}"
+        );
     }
 }
 

@@ -355,12 +355,11 @@ mod tests {
             inbound(Some(Ok(Message::Binary(big))), MAX),
             Inbound::Refuse(ErrorCode::FrameTooLarge, _)
         ));
-        let capacity = tungstenite::Error::Capacity(
-            tungstenite::error::CapacityError::MessageTooLong {
+        let capacity =
+            tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
                 size: MAX + 1,
                 max_size: MAX,
-            },
-        );
+            });
         assert!(matches!(
             inbound(Some(Err(axum::Error::new(capacity))), MAX),
             Inbound::Refuse(ErrorCode::FrameTooLarge, _)
@@ -422,7 +421,10 @@ mod tests {
         }
         assert!(matches!(
             within(r.to_browser.recv()).await.unwrap(),
-            Message::Close(Some(CloseFrame { code: CLOSE_UNSUPPORTED, .. }))
+            Message::Close(Some(CloseFrame {
+                code: CLOSE_UNSUPPORTED,
+                ..
+            }))
         ));
         // The connection sees the end of its input, as after a TCP protocol error.
         assert!(within(r.bus.next()).await.is_none());
@@ -447,7 +449,10 @@ mod tests {
         ));
         assert!(matches!(
             within(r.to_browser.recv()).await.unwrap(),
-            Message::Close(Some(CloseFrame { code: CLOSE_NORMAL, .. }))
+            Message::Close(Some(CloseFrame {
+                code: CLOSE_NORMAL,
+                ..
+            }))
         ));
         assert_eq!(within(r.bridge).await.unwrap(), Ended::Bus);
     }
