@@ -11,7 +11,7 @@
 //! [`start`] binds and spawns everything and returns a [`BusHandle`]; [`serve`] runs
 //! until a shutdown future resolves, then says goodbye to every client.
 
-pub(crate) mod connection;
+mod connection;
 mod devices;
 pub mod outbox;
 mod replay;

@@ -44,7 +44,7 @@ impl OriginPolicy {
             return Ok(());
         };
         let origin = normalize(origin);
-        if self.allowed.iter().any(|a| *a == origin) {
+        if self.allowed.contains(&origin) {
             return Ok(());
         }
         if let Some(host) = host {
