@@ -12,7 +12,8 @@ use crate::client::{Client, ClientOptions};
 use crate::config::{Config, DeviceConfig};
 use crate::protocol::Role;
 
-/// The demo's devices: (room, name, driver).
+/// The demo's devices: (room, name, driver). A `virtual` device would need no
+/// simulator (its hardware is in-process); every device here has one.
 pub const DEVICES: &[(&str, &str, &str)] = &[
     ("boardroom", "projector", "pjlink"),
     ("boardroom", "switcher", "extron-sis"),
@@ -31,13 +32,13 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = Config::default();
     if let Some(l) = listen {
-        cfg.listen.tcp = l;
+        cfg.listen.set_tcp(l);
     }
     let handle = match start(cfg.clone()).await {
         Ok(h) => h,
         Err(e) if listen.is_none() && e.kind() == std::io::ErrorKind::AddrInUse => {
-            tracing::warn!("127.0.0.1:7420 is taken; using a free port");
-            cfg.listen.tcp = SocketAddr::from(([127, 0, 0, 1], 0));
+            tracing::warn!("{e}; using free ports");
+            cfg.listen.set_tcp(SocketAddr::from(([127, 0, 0, 1], 0)));
             start(cfg).await?
         }
         Err(e) => return Err(e.into()),
@@ -49,6 +50,20 @@ pub async fn run(
     let mut devices = Vec::new();
     let mut started = String::new();
     for (room, name, driver) in DEVICES {
+        if *driver == "virtual" {
+            started.push_str(&format!("\n  {room}/{name:<10} {driver:<11} in-process"));
+            devices.push(DeviceConfig {
+                room: (*room).into(),
+                name: (*name).into(),
+                driver: (*driver).into(),
+                label: None,
+                host: None,
+                port: None,
+                password: None,
+                poll_ms: None,
+            });
+            continue;
+        }
         let sim = AnySim::start(driver, SocketAddr::from(([127, 0, 0, 1], 0)), None, false).await?;
         let addr = sim.addr();
         started.push_str(&format!(
@@ -78,6 +93,9 @@ pub async fn run(
     } else {
         format!(" --bus {}", handle.tcp)
     };
+    if let Some(http) = handle.http {
+        println!("\navbus demo: the panel is at http://{http}/");
+    }
     println!(
         "\navbus demo: bus on {tcp}; device simulators and their adapters:{started}\n\
          \nTry, in another terminal (export AVBUS_ADDR={tcp} to drop --bus):\n\
@@ -93,6 +111,7 @@ pub async fn run(
          \n  cargo run --release -- set{bus} hall/console/ch01_fader_db -10   # the lectern mic, on the console's fader law\
          \n  cargo run --release -- set{bus} hall/console/ch07_mute true\
          \n  cargo run --release -- get{bus} hall/console/meters              # 32 channel levels in dBFS, 20 Hz\
+         \n  cargo run --release -- sub{bus} --telemetry --hz 5 hall/console/meters  # the same, streamed over UDP\
          \n  cargo run --release -- sub{bus} --full '$sys/#'\
          \n\nCtrl-C stops the demo.",
         tcp = handle.tcp

@@ -42,7 +42,8 @@ pub enum Command {
         /// TOML configuration file.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// TCP listen address, overriding the config (port 0 picks a free port).
+        /// TCP listen address, overriding the config (port 0 picks a free port, and a
+        /// free HTTP port on the same address too).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
@@ -504,7 +505,7 @@ pub fn serve_config(
         None => Config::default(),
     };
     if let Some(l) = listen {
-        cfg.listen.tcp = l;
+        cfg.listen.set_tcp(l);
     }
     Ok(cfg)
 }

@@ -62,12 +62,22 @@ pub struct Listen {
     /// UDP address for telemetry. Default: the TCP address (same IP and port number;
     /// with TCP port 0, a free UDP port).
     pub udp: Option<SocketAddr>,
+    /// HTTP and WebSocket address for browsers (the panel at `/`, the WebSocket at
+    /// `/ws`). Default `127.0.0.1:7480`; `"off"` serves no HTTP at all.
+    #[serde(deserialize_with = "http_addr")]
+    pub http: Option<SocketAddr>,
+    /// Page origins (`scheme://host[:port]`, e.g. `"https://panels.example.com"`)
+    /// besides the bus's own page whose scripts may open the WebSocket. A browser
+    /// sends its page's origin with every upgrade; others are refused (403).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Listen {
     fn default() -> Self {
         Listen {
             tcp: SocketAddr::from(([127, 0, 0, 1], 7420)),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 7480))),
+            allowed_origins: Vec::new(),
             udp: None,
         }
     }
@@ -104,6 +114,28 @@ impl Default for TelemetryConfig {
             max_hz: 200.0,
         }
     }
+}
+
+impl Listen {
+    /// Applies `--listen ADDR`. Port 0 asks for free ports: the HTTP listener then
+    /// takes a free port on the same address too (unless HTTP is off), so tests and
+    /// scripts that run several buses never collide on 7480.
+    pub fn set_tcp(&mut self, tcp: SocketAddr) {
+        self.tcp = tcp;
+        if tcp.port() == 0 && self.http.is_some() {
+            self.http = Some(SocketAddr::new(tcp.ip(), 0));
+        }
+    }
+}
+
+fn http_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e} (an address, or \"off\")")))
 }
 
 /// Bounds on memory and work. Each is a hard bound with a documented policy.
@@ -301,6 +333,10 @@ impl Config {
             }
             crate::devices::registry::check(d).map_err(|e| format!("{at}: {e}"))?;
         }
+        for o in &self.listen.allowed_origins {
+            crate::gateway::check_origin_entry(o)
+                .map_err(|e| format!("listen.allowed_origins: {e}"))?;
+        }
         if l.max_frame_bytes > u32::MAX as usize {
             return Err("limits.max_frame_bytes must fit in 32 bits".into());
         }
@@ -324,6 +360,32 @@ mod tests {
     fn defaults_are_loopback() {
         let c = Config::parse("", "x.toml").unwrap();
         assert_eq!(c.listen.tcp.to_string(), "127.0.0.1:7420");
+        assert_eq!(c.listen.http, Some("127.0.0.1:7480".parse().unwrap()));
+    }
+
+    #[test]
+    fn http_can_be_off_and_follows_port_zero() {
+        let c = Config::parse("[listen]\nhttp = \"off\"\n", "x.toml").unwrap();
+        assert_eq!(c.listen.http, None);
+        let e = Config::parse("[listen]\nhttp = \"nowhere\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("off"), "{e}");
+        let mut l = Listen::default();
+        l.set_tcp("0.0.0.0:0".parse().unwrap());
+        assert_eq!(l.http, Some("0.0.0.0:0".parse().unwrap()));
+        let mut l = Listen::default();
+        l.set_tcp("127.0.0.1:9000".parse().unwrap());
+        assert_eq!(l.http.unwrap().port(), 7480);
+    }
+
+    #[test]
+    fn allowed_origins_are_checked() {
+        let ok = "[listen]\nallowed_origins = [\"https://panels.example.com\"]\n";
+        assert!(Config::parse(ok, "x.toml").is_ok());
+        let bad = "[listen]\nallowed_origins = [\"panels.example.com/\"]\n";
+        let e = Config::parse(bad, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("allowed_origins"), "{e}");
     }
 
     #[test]

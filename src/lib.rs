@@ -7,6 +7,7 @@
 //! * [`protocol`]: the wire messages and their framing;
 //! * [`config`]: the TOML configuration and its defaults;
 //! * [`bus`]: the bus process (listeners, router, connections, outboxes);
+//! * [`gateway`]: HTTP and WebSocket for browsers (the panel, the JavaScript client);
 //! * [`client`]: the Rust client library for panels, adapters and tools;
 //! * [`cli`]: the `avbus` command line;
 //! * [`bench`]: the avbus benchmark workloads behind `avbus bench`;
@@ -21,6 +22,7 @@ pub mod client;
 pub mod config;
 #[path = "../devices/mod.rs"]
 pub mod devices;
+pub mod gateway;
 pub mod model;
 pub mod protocol;
 pub mod telemetry;

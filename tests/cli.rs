@@ -11,6 +11,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_avbus");
 struct Demo {
     child: Child,
     addr: String,
+    /// The ready line's HTTP address.
+    http: String,
+    /// The panel URL the demo printed.
+    panel: String,
 }
 
 impl Demo {
@@ -24,19 +28,30 @@ impl Demo {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(first)) = lines.next() {
-                let _ = tx.send(first);
+            // The ready line, then the line naming the panel; keep draining after them
+            // so the demo never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with('{') || line.contains("the panel is at") {
+                    let _ = tx.send(line);
+                }
             }
-            // Keep draining so the demo never blocks on a full pipe.
-            for _ in lines {}
         });
         let line = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("the ready line");
         let ready: serde_json::Value = serde_json::from_str(&line).expect("JSON ready line");
         let addr = ready["ready"]["tcp"].as_str().unwrap().to_owned();
-        Demo { child, addr }
+        let http = ready["ready"]["http"].as_str().unwrap().to_owned();
+        let panel = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the panel's URL");
+        let panel = panel.rsplit(' ').next().unwrap().to_owned();
+        Demo {
+            child,
+            addr,
+            http,
+            panel,
+        }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -78,6 +93,21 @@ fn wait_output(child: Child, limit: Duration) -> Output {
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A plain HTTP/1.1 GET over a real socket; the whole response as text.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 fn stderr(o: &Output) -> String {

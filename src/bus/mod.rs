@@ -2,9 +2,10 @@
 //!
 //! ```text
 //!  TCP accept ─┐                      ┌─ router (one task: topics, retained, replay,
-//!  in-process ─┴─> connection tasks ──┤   sessions, rooms, devices, commands)
-//!   (duplex)      reader ──(ROUTER_QUEUE)──┘        │ try-push, never awaits
-//!                 writer <──── Outbox (bounded, conflating) <─┘
+//!  in-process ─┤─> connection tasks ──┤   sessions, rooms, devices, commands)
+//!   (duplex)   │  reader ──(ROUTER_QUEUE)──┘        │ try-push, never awaits
+//!  WebSocket ──┘  writer <──── Outbox (bounded, conflating) <─┘
+//!   (gateway bridge over duplex)
 //! ```
 //!
 //! [`start`] binds and spawns everything and returns a [`BusHandle`]; [`serve`] runs
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, DuplexStream};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,6 +36,7 @@ use connection::{handle, ConnCtx};
 use router::{Router, ROUTER_QUEUE};
 
 use crate::config::Config;
+use crate::gateway::WebControl;
 use crate::protocol::{frame, BusMsg, Epoch, ErrorCode};
 
 /// Bytes buffered in each direction of an in-process connection.
@@ -66,15 +68,68 @@ impl LocalConnector {
     }
 }
 
+/// Starts connections on byte streams, within `limits.max_connections`: the TCP
+/// listener and the WebSocket gateway's bridges share it.
+#[derive(Clone)]
+pub(crate) struct Connections {
+    ctx: Arc<ConnCtx>,
+    tracker: TaskTracker,
+    slots: Arc<Semaphore>,
+}
+
+impl Connections {
+    /// Runs the connection protocol on `stream`; gives the stream back when the bus
+    /// already holds `max_connections` connections.
+    fn attach<S>(&self, stream: S, peer: String) -> Result<(), S>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            return Err(stream);
+        };
+        let ctx = self.ctx.clone();
+        self.tracker.spawn(async move {
+            handle(stream, peer, None, ctx).await;
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    /// Runs the connection protocol on a TCP stream (which the router may write to
+    /// directly); gives it back at `max_connections`.
+    fn attach_tcp(&self, stream: TcpStream, peer: SocketAddr) -> Result<(), TcpStream> {
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            return Err(stream);
+        };
+        let ctx = self.ctx.clone();
+        self.tracker.spawn(async move {
+            connection::handle_tcp(stream, peer, ctx).await;
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    /// Opens a connection whose client end is an in-process pipe (a WebSocket
+    /// bridge's); `None` at `max_connections`.
+    pub(crate) fn pipe(&self, peer: String) -> Option<DuplexStream> {
+        let (ours, theirs) = tokio::io::duplex(crate::gateway::bridge::BRIDGE_PIPE);
+        self.attach(theirs, peer).ok()?;
+        Some(ours)
+    }
+}
+
 /// A running bus.
 pub struct BusHandle {
     /// The bound TCP address (useful with port 0).
     pub tcp: SocketAddr,
     /// The bound UDP telemetry address.
     pub udp: SocketAddr,
+    /// The bound HTTP/WebSocket address, unless `listen.http` is off.
+    pub http: Option<SocketAddr>,
     /// This run's epoch.
     pub epoch: Epoch,
     local: LocalConnector,
+    web: Option<WebControl>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -88,6 +143,11 @@ impl BusHandle {
     /// A connector for in-process clients.
     pub fn local(&self) -> LocalConnector {
         self.local.clone()
+    }
+
+    /// The WebSocket gateway's controls, unless `listen.http` is off.
+    pub fn web(&self) -> Option<&WebControl> {
+        self.web.as_ref()
     }
 
     /// The token that stops the bus when cancelled.
@@ -122,6 +182,14 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
         )
     })?;
     let tcp = listener.local_addr()?;
+    let http_listener =
+        match cfg.listen.http {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?),
+            None => None,
+        };
+    let http = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let epoch = Epoch(fastrand::u64(1..u64::MAX));
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -140,22 +208,41 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
         hub: hub.clone(),
         next_conn: AtomicU64::new(1),
     });
+    let connections = Connections {
+        ctx,
+        tracker: tracker.clone(),
+        slots: Arc::new(Semaphore::new(cfg.limits.max_connections)),
+    };
+    let web = http_listener.map(|l| {
+        crate::gateway::start(
+            l,
+            &cfg,
+            connections.clone(),
+            cancel.clone(),
+            tracker.clone(),
+        )
+    });
     tracker.spawn(accept_loop(
         listener,
         local_rx,
-        ctx,
+        connections,
         cancel.clone(),
         tracker.clone(),
     ));
-    tracing::info!(%tcp, %udp, epoch = epoch.0, "bus listening");
+    match http {
+        Some(http) => tracing::info!(%tcp, %udp, %http, epoch = epoch.0, "bus listening"),
+        None => tracing::info!(%tcp, %udp, epoch = epoch.0, "bus listening (no HTTP)"),
+    }
     Ok(BusHandle {
         tcp,
         udp,
+        http,
         epoch,
         local: LocalConnector {
             tx: local_tx,
             hub: hub.clone(),
         },
+        web,
         cancel,
         tracker,
     })
@@ -164,29 +251,22 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
 async fn accept_loop(
     listener: TcpListener,
     mut local: mpsc::Receiver<DuplexStream>,
-    ctx: Arc<ConnCtx>,
+    connections: Connections,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(ctx.cfg.limits.max_connections));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((mut stream, peer)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    if let Err(mut stream) = connections.attach_tcp(stream, peer) {
                         tracker.spawn(async move {
                             let f = frame(&BusMsg::Error { id: None, code: ErrorCode::Limit, message: "too many connections".into() });
                             let _ = stream.write_all(&f).await;
                         });
-                        continue;
-                    };
-                    let ctx = ctx.clone();
-                    tracker.spawn(async move {
-                        connection::handle_tcp(stream, peer, ctx).await;
-                        drop(permit);
-                    });
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: log, pause briefly so the
@@ -196,7 +276,7 @@ async fn accept_loop(
                 }
             },
             Some(pipe) = local.recv() => {
-                let ctx = ctx.clone();
+                let ctx = connections.ctx.clone();
                 tracker.spawn(handle(pipe, "in-process".into(), None, ctx));
             }
         }
@@ -227,6 +307,7 @@ pub fn ready_line(handle: &BusHandle) -> String {
         "ready": {
             "tcp": handle.tcp.to_string(),
             "udp": handle.udp.to_string(),
+            "http": handle.http.map(|a| a.to_string()),
             "epoch": handle.epoch.0,
             "pid": std::process::id(),
         }

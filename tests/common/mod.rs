@@ -32,10 +32,10 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
-/// A test configuration: loopback, port 0.
+/// A test configuration: loopback, port 0 (TCP and HTTP).
 pub fn config() -> Config {
     let mut cfg = Config::default();
-    cfg.listen.tcp = SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg.listen.set_tcp(SocketAddr::from(([127, 0, 0, 1], 0)));
     cfg
 }
 
@@ -316,6 +316,9 @@ pub async fn lab_adapter(bus: &BusHandle) -> (Client, Seen) {
         .publish_state("lab/dev/hours", Value::from(42), Quality::Ok)
         .await
         .expect("publish");
+    // The publish is fire-and-forget; a read on the same connection comes back only
+    // after the bus applied it, so every test sees the value from the start.
+    adapter.get("lab/dev/hours").await.expect("get");
     let (seen_tx, seen_rx) = mpsc::unbounded_channel();
     let (held_tx, held_rx) = mpsc::unbounded_channel();
     let a = adapter.clone();

@@ -394,6 +394,7 @@ async fn serve_floor(relay: bool) -> Result<(), String> {
 async fn serve_avbus() -> Result<(), String> {
     let mut cfg = avbus::config::Config::default();
     cfg.listen.tcp = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
+    cfg.listen.http = None;
     avbus::bus::serve(
         cfg,
         async {
