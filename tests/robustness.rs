@@ -208,7 +208,6 @@ async fn a_silent_peer_is_dropped_after_its_heartbeats() {
     let bus = bus(cfg).await;
     let mut raw = Raw::connect(bus.tcp).await;
     raw.hello("silent", None).await;
-    let started = std::time::Instant::now();
     let msgs = raw.until_closed().await;
     assert!(
         msgs.iter().any(|m| matches!(m, BusMsg::Ping { .. })),
@@ -218,10 +217,13 @@ async fn a_silent_peer_is_dropped_after_its_heartbeats() {
         Some(BusMsg::Bye { reason, .. }) => assert_eq!(reason, "heartbeat_timeout"),
         other => panic!("expected bye, got {other:?}"),
     }
-    assert!(
-        started.elapsed().as_millis() >= 300,
-        "not before 3 intervals"
-    );
+    // Not before its heartbeats: the bus pinged at each idle interval before giving
+    // up after the third (counted, not timed).
+    let pings = msgs
+        .iter()
+        .filter(|m| matches!(m, BusMsg::Ping { .. }))
+        .count();
+    assert!(pings >= 2, "pinged {pings} times before the bye");
     // A client that answers pings stays connected through many intervals.
     let c = client(&bus, "alive", Role::Panel).await;
     let mut events = c.events();
