@@ -252,7 +252,28 @@ fn the_demo_tour_works_from_the_cli() {
 
     let out = demo.run(&["devices", "--json"]);
     let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
-    assert_eq!(json.as_array().unwrap().len(), 5);
+    assert_eq!(json.as_array().unwrap().len(), devices.len());
+
+    // The console's meters streamed over UDP.
+    let out = demo.run(&[
+        "sub",
+        "--telemetry",
+        "--hz",
+        "20",
+        "--count",
+        "2",
+        "hall/console/meters",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.iter().all(|l| l.starts_with("hall/console/meters [")));
+
+    // The printed URL serves the panel.
+    assert_eq!(demo.panel, format!("http://{}/", demo.http));
+    let page = http_get(&demo.http, "/");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("/panel.js"), "{page}");
 
     let out = Command::new(BIN)
         .args(["get", "x/y", "--bus", "127.0.0.1:1"])

@@ -334,3 +334,87 @@ async fn the_panel_and_client_files_are_served() {
     assert!(post.starts_with("HTTP/1.1 405"), "{post}");
     bus.shutdown().await;
 }
+
+#[tokio::test]
+async fn telemetry_reaches_a_websocket_as_datagram_messages_at_its_rate() {
+    use avbus::client::{Client, ClientOptions};
+    use avbus::model::{ControlKind, ControlSpec, DeviceDescriptor};
+    let bus = bus(config()).await;
+    let adapter = Client::connect(ClientOptions::local(bus.local(), "meters").role(Role::Adapter))
+        .await
+        .unwrap();
+    let device = DeviceDescriptor {
+        room: "hall".into(),
+        name: "mix".into(),
+        label: "Mixer".into(),
+        class: "console".into(),
+        driver: "test".into(),
+        controls: vec![ControlSpec::new(
+            "level",
+            ControlKind::Meter {
+                min: 0.0,
+                max: 1.0,
+                unit: String::new(),
+                channels: 1,
+                rate_hz: 50.0,
+            },
+        )],
+    };
+    adapter.declare(device, true).await.unwrap();
+    let mut ws = open(&bus, Some(&own_origin(&bus))).await.unwrap();
+    welcome(&mut ws, None).await;
+    send(
+        &mut ws,
+        &ClientMsg::Tsub {
+            id: 7,
+            filter: "hall/#".into(),
+            hz: 10.0,
+        },
+    )
+    .await;
+    let alias = match recv_until(&mut ws, |m| matches!(m, BusMsg::Ok { id: 7, .. })).await {
+        BusMsg::Ok { result, .. } => {
+            let streams = avbus::value::get(&result, "streams").cloned().unwrap();
+            let list: Vec<avbus::protocol::StreamDesc> =
+                avbus::value::from_value(&streams).unwrap();
+            assert_eq!(list.len(), 1);
+            assert_eq!(list[0].topic, "hall/mix/level");
+            list[0].alias
+        }
+        _ => unreachable!(),
+    };
+    // 100 values as fast as they go; the browser gets the newest at most 10 a second,
+    // as datagram bytes in binary messages whose first byte is not a map.
+    for i in 1..=100 {
+        adapter.publish_telemetry(vec![("hall/mix/level".into(), Value::F32(i as f32))]);
+    }
+    let mut values = Vec::new();
+    let mut dseqs = Vec::new();
+    within("the newest value over the WebSocket", async {
+        loop {
+            let Some(Ok(Message::Binary(b))) = ws.next().await else {
+                panic!("WebSocket closed")
+            };
+            if b[0] != 0xA7 {
+                continue; // a control frame
+            }
+            let (h, body) = avbus::telemetry::decode_header(&b).unwrap();
+            assert_eq!(h.kind, avbus::telemetry::Kind::Data);
+            dseqs.push(h.dseq);
+            for r in avbus::telemetry::records(body) {
+                let r = r.unwrap();
+                assert_eq!(r.alias, alias);
+                values.push(r.f32s().next().unwrap());
+            }
+            if values.last() == Some(&100.0) {
+                return;
+            }
+        }
+    })
+    .await;
+    // Conflated: far fewer than the 100 published, in order, no datagram lost.
+    assert!(values.len() < 50, "{values:?}");
+    assert!(values.windows(2).all(|w| w[0] < w[1]));
+    assert!(dseqs.windows(2).all(|w| w[1] == w[0] + 1));
+    adapter.close().await;
+}

@@ -7,7 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use avbus::client::TelemetryValue;
 use avbus::config::DeviceConfig;

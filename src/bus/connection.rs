@@ -21,7 +21,7 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use super::outbox::{DirectWrite, Drain, Item, Outbox, OutboxLimits};
 use super::router::{ConnId, Hello, RouterMsg};
 use super::tcp::SharedTcp;
-use super::telemetry::{HubHandle, HubMsg};
+use super::telemetry::{HubHandle, HubMsg, TelemetrySlot};
 use crate::config::Config;
 use crate::protocol::{
     decode_client, frame, BusMsg, ClientMsg, ErrorCode, SessionId, PROTOCOL_VERSION,
@@ -81,12 +81,19 @@ fn new_token() -> u64 {
 
 /// Runs one connection to its end. `ip` is the peer's address (`None` in-process):
 /// telemetry datagrams for this connection's token must come from it.
-pub async fn handle<S>(stream: S, peer: String, ip: Option<IpAddr>, ctx: Arc<ConnCtx>)
-where
+///
+/// `slot`: a WebSocket client's telemetry goes there instead of UDP.
+pub async fn handle<S>(
+    stream: S,
+    peer: String,
+    ip: Option<IpAddr>,
+    slot: Option<Arc<TelemetrySlot>>,
+    ctx: Arc<ConnCtx>,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
-    serve(rd, wr, None, peer, ip, ctx).await;
+    serve(rd, wr, None, peer, ip, slot, ctx).await;
 }
 
 /// Runs one TCP connection to its end; the router may write to it directly (see
@@ -104,6 +111,7 @@ pub async fn handle_tcp(
         Some(direct),
         peer.to_string(),
         Some(peer.ip()),
+        None,
         ctx,
     )
     .await;
@@ -115,6 +123,7 @@ async fn serve<R, W>(
     direct: Option<Arc<dyn DirectWrite>>,
     peer: String,
     ip: Option<IpAddr>,
+    slot: Option<Arc<TelemetrySlot>>,
     ctx: Arc<ConnCtx>,
 ) where
     R: AsyncRead + Send + Unpin + 'static,
@@ -181,6 +190,7 @@ async fn serve<R, W>(
             token,
             outbox: outbox.clone(),
             peer: ip,
+            slot,
         })
         .await;
 

@@ -80,7 +80,12 @@ pub(crate) struct Connections {
 impl Connections {
     /// Runs the connection protocol on `stream`; gives the stream back when the bus
     /// already holds `max_connections` connections.
-    fn attach<S>(&self, stream: S, peer: String) -> Result<(), S>
+    fn attach<S>(
+        &self,
+        stream: S,
+        peer: String,
+        slot: Option<Arc<telemetry::TelemetrySlot>>,
+    ) -> Result<(), S>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
@@ -89,7 +94,7 @@ impl Connections {
         };
         let ctx = self.ctx.clone();
         self.tracker.spawn(async move {
-            handle(stream, peer, None, ctx).await;
+            handle(stream, peer, None, slot, ctx).await;
             drop(permit);
         });
         Ok(())
@@ -111,10 +116,15 @@ impl Connections {
 
     /// Opens a connection whose client end is an in-process pipe (a WebSocket
     /// bridge's); `None` at `max_connections`.
-    pub(crate) fn pipe(&self, peer: String) -> Option<DuplexStream> {
+    /// Its telemetry goes to the returned slot (sent over the WebSocket).
+    pub(crate) fn pipe(
+        &self,
+        peer: String,
+    ) -> Option<(DuplexStream, Arc<telemetry::TelemetrySlot>)> {
         let (ours, theirs) = tokio::io::duplex(crate::gateway::bridge::BRIDGE_PIPE);
-        self.attach(theirs, peer).ok()?;
-        Some(ours)
+        let slot = Arc::new(telemetry::TelemetrySlot::default());
+        self.attach(theirs, peer, Some(slot.clone())).ok()?;
+        Some((ours, slot))
     }
 }
 
@@ -277,7 +287,7 @@ async fn accept_loop(
             },
             Some(pipe) = local.recv() => {
                 let ctx = connections.ctx.clone();
-                tracker.spawn(handle(pipe, "in-process".into(), None, ctx));
+                tracker.spawn(handle(pipe, "in-process".into(), None, None, ctx));
             }
         }
     }

@@ -48,6 +48,45 @@ pub const MAX_TSUBS: usize = 256;
 /// Datagrams read per wake-up before other work gets a turn.
 const RECV_BURST: usize = 256;
 
+/// Datagrams waiting for one WebSocket client; when full the oldest is dropped
+/// (a newer one carries newer values) and counted.
+pub const SLOT_DATAGRAMS: usize = 64;
+
+/// Where the hub puts a WebSocket client's telemetry datagrams (the same bytes as
+/// UDP), for the gateway to send after any waiting control frame. Bounded: newest
+/// wins.
+#[derive(Default)]
+pub struct TelemetrySlot {
+    queue: std::sync::Mutex<std::collections::VecDeque<Bytes>>,
+    notify: tokio::sync::Notify,
+    /// Datagrams dropped because the client had not taken the older ones.
+    pub dropped: AtomicU64,
+}
+
+impl TelemetrySlot {
+    fn push(&self, d: Bytes) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= SLOT_DATAGRAMS {
+            q.pop_front();
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        q.push_back(d);
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    /// Moves every waiting datagram into `out`.
+    pub fn take(&self, out: &mut Vec<Bytes>) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        out.extend(q.drain(..));
+    }
+
+    /// Resolves once something was pushed since the last call.
+    pub async fn ready(&self) {
+        self.notify.notified().await;
+    }
+}
+
 /// One telemetry stream (a `meter` control), as the router registers it.
 #[derive(Debug, Clone)]
 pub struct StreamInfo {
@@ -67,6 +106,8 @@ pub enum HubMsg {
         /// The TCP peer's address: UDP datagrams for this token must come from it.
         /// `None` for in-process connections.
         peer: Option<IpAddr>,
+        /// A WebSocket client's telemetry goes here instead of UDP.
+        slot: Option<Arc<TelemetrySlot>>,
     },
     Detach {
         conn: ConnId,
@@ -215,8 +256,16 @@ struct Sink {
     outbox: Arc<Outbox>,
     peer: Option<IpAddr>,
     udp: Option<SocketAddr>,
+    slot: Option<Arc<TelemetrySlot>>,
     dseq: u32,
     subs: Vec<u64>,
+}
+
+/// Where a subscriber's datagrams go.
+#[derive(Clone, Copy)]
+enum Dest<'a> {
+    Udp(SocketAddr),
+    Slot(&'a TelemetrySlot),
 }
 
 struct TSub {
@@ -347,6 +396,7 @@ impl Hub {
                 token,
                 outbox,
                 peer,
+                slot,
             } => {
                 self.by_token.insert(token, conn);
                 self.sinks.insert(
@@ -356,6 +406,7 @@ impl Hub {
                         outbox,
                         peer,
                         udp: None,
+                        slot,
                         dseq: 0,
                         subs: Vec::new(),
                     },
@@ -782,11 +833,15 @@ impl Hub {
                 self.dirty_subs.swap_remove(i);
                 continue;
             };
-            let Some(to) = sink.udp else {
-                // Not bound yet: the values wait (newest only) for the bind.
-                sub.queued = false;
-                self.dirty_subs.swap_remove(i);
-                continue;
+            let to = match (&sink.slot, sink.udp) {
+                (Some(slot), _) => Dest::Slot(slot),
+                (None, Some(addr)) => Dest::Udp(addr),
+                (None, None) => {
+                    // Not bound yet: the values wait (newest only) for the bind.
+                    sub.queued = false;
+                    self.dirty_subs.swap_remove(i);
+                    continue;
+                }
             };
             if !sub.gate.try_pass(now.into_std()) {
                 if let Some(due) = sub.gate.next_due().map(Instant::from_std) {
@@ -823,11 +878,17 @@ impl Hub {
     }
 }
 
-fn send(socket: &UdpSocket, stats: &Stats, d: &[u8], to: SocketAddr) {
-    match socket.try_send_to(d, to) {
-        Ok(_) => stats.datagrams_out.fetch_add(1, Ordering::Relaxed),
-        // A full socket buffer: the datagram is dropped, never queued.
-        Err(_) => stats.send_dropped.fetch_add(1, Ordering::Relaxed),
+fn send(socket: &UdpSocket, stats: &Stats, d: &[u8], to: Dest<'_>) {
+    match to {
+        Dest::Udp(addr) => match socket.try_send_to(d, addr) {
+            Ok(_) => stats.datagrams_out.fetch_add(1, Ordering::Relaxed),
+            // A full socket buffer: the datagram is dropped, never queued.
+            Err(_) => stats.send_dropped.fetch_add(1, Ordering::Relaxed),
+        },
+        Dest::Slot(slot) => {
+            slot.push(Bytes::copy_from_slice(d));
+            stats.datagrams_out.fetch_add(1, Ordering::Relaxed)
+        }
     };
 }
 

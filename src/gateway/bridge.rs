@@ -30,7 +30,10 @@ use tokio::sync::oneshot;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use crate::bus::codec;
+use crate::bus::telemetry::TelemetrySlot;
 use crate::protocol::{frame, BusMsg, ErrorCode, BUS_ENVELOPE, LEN_PREFIX};
 
 /// Bytes buffered in each direction of the pipe between a WebSocket and its bus
@@ -129,6 +132,7 @@ pub async fn run<Tx, Rx>(
     tx: Tx,
     rx: Rx,
     pipe: DuplexStream,
+    telemetry: Arc<TelemetrySlot>,
     max_frame: usize,
     dropped: CancellationToken,
 ) -> Ended
@@ -140,7 +144,7 @@ where
     let (rd, wr) = tokio::io::split(pipe);
     let frames = FramedRead::new(rd, codec(max_frame + BUS_ENVELOPE));
     let (refuse_tx, refuse_rx) = oneshot::channel();
-    let pump_out = pump_out(tx, frames, refuse_rx);
+    let pump_out = pump_out(tx, frames, telemetry, refuse_rx);
     let pump_in = pump_in(rx, wr, max_frame, refuse_tx);
     tokio::pin!(pump_out, pump_in);
     let mut reading = true;
@@ -209,6 +213,7 @@ where
 async fn pump_out<Tx>(
     mut tx: Tx,
     mut frames: FramedRead<ReadHalf<DuplexStream>, LengthDelimitedCodec>,
+    telemetry: Arc<TelemetrySlot>,
     mut refused: oneshot::Receiver<(ErrorCode, String)>,
 ) -> Ended
 where
@@ -216,6 +221,7 @@ where
     Tx::Error: Display,
 {
     let mut refusals = true;
+    let mut datagrams = Vec::new();
     loop {
         tokio::select! {
             biased;
@@ -234,9 +240,9 @@ where
                 Err(_) => refusals = false,
             },
             // Control frames (session, state, answers) from the bus: every frame
-            // already waiting is fed, then one flush. Telemetry for browsers will be
-            // a branch after this one, fed from a latest-value slot per stream, so
-            // that it is only sent when no control frame waits and never queues.
+            // already waiting is fed, then one flush. Telemetry is the branch after
+            // this one: only sent when no control frame waits, from a bounded slot
+            // where the newest datagrams win.
             next = frames.next() => {
                 let mut done = false;
                 let mut n = 0;
@@ -272,6 +278,21 @@ where
                 if done {
                     close_ws(&mut tx, CLOSE_NORMAL, "closed by the bus").await;
                     return Ended::Bus;
+                }
+            }
+            // Telemetry datagrams (protocol §11.2 bytes, first byte 0xA7): one binary
+            // message each, at the rate the hub's gate lets them through.
+            _ = telemetry.ready() => {
+                telemetry.take(&mut datagrams);
+                for d in datagrams.drain(..) {
+                    if let Err(e) = tx.feed(Message::Binary(d)).await {
+                        tracing::debug!(error = %e, "WebSocket write failed");
+                        return Ended::Peer;
+                    }
+                }
+                if let Err(e) = tx.flush().await {
+                    tracing::debug!(error = %e, "WebSocket write failed");
+                    return Ended::Peer;
                 }
             }
         }
@@ -319,7 +340,8 @@ mod tests {
         let tx = PollSender::new(ws_tx);
         let (ours, theirs) = tokio::io::duplex(BRIDGE_PIPE);
         let dropped = CancellationToken::new();
-        let bridge = tokio::spawn(run(tx, rx, ours, MAX, dropped.clone()));
+        let slot = Arc::new(TelemetrySlot::default());
+        let bridge = tokio::spawn(run(tx, rx, ours, slot, MAX, dropped.clone()));
         Rig {
             from_browser,
             to_browser,

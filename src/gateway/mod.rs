@@ -268,7 +268,7 @@ async fn bridge_socket(
     dropped: CancellationToken,
 ) {
     let (mut tx, rx) = socket.split();
-    let Some(pipe) = s.connections.pipe(format!("ws {peer}")) else {
+    let Some((pipe, slot)) = s.connections.pipe(format!("ws {peer}")) else {
         // At `max_connections`: the TCP listener's answer, then close.
         let f = frame(&BusMsg::Error {
             id: None,
@@ -285,7 +285,7 @@ async fn bridge_socket(
     };
     s.accepted.fetch_add(1, Ordering::Relaxed);
     s.open.fetch_add(1, Ordering::Relaxed);
-    let ended = bridge::run(tx, rx, pipe, s.max_frame, dropped).await;
+    let ended = bridge::run(tx, rx, pipe, slot, s.max_frame, dropped).await;
     s.open.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(%peer, ?ended, "WebSocket closed");
 }

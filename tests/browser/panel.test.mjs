@@ -200,15 +200,37 @@ try {
   await waitValue(desktop, 'hall/camera/pan', '-90 °', 'desktop');
   check(true, 'a trigger fires with its arguments');
 
-  // 6. Meters move.
+  // 6. Meters move, fed by telemetry over the WebSocket (after the reconnect above:
+  // the panel's tsub was sent again), never read with `get`.
   const meter = `${at('hall/mixer/level')} .meter`;
-  await waitFor(desktop, `${meter}[aria-valuenow]`, 'a meter reading');
-  for (let i = 0; i < 2; i++) {
-    const was = await desktop.$eval(meter, (m) => m.getAttribute('aria-valuenow'));
-    await desktop.waitForFunction(([sel, v]) => document.querySelector(sel)?.getAttribute('aria-valuenow') !== v,
-      [meter, was], { timeout: LIMIT });
+  await desktop.evaluate(() => {
+    const c = window.avbusPanel.client;
+    const get = c.get.bind(c);
+    window.__gets = [];
+    c.get = (topic) => { window.__gets.push(topic); return get(topic); };
+  });
+  for (const [name, page] of [['desktop', desktop], ['phone', phone]]) {
+    await waitFor(page, `${meter}[aria-valuenow]`, `${name}: a meter reading`);
+    for (let i = 0; i < 2; i++) {
+      const was = await page.$eval(meter, (m) => m.getAttribute('aria-valuenow'));
+      await page.waitForFunction(([sel, v]) => document.querySelector(sel)?.getAttribute('aria-valuenow') !== v,
+        [meter, was], { timeout: LIMIT });
+    }
+    await waitFor(page, `${at('hall/mixer/level')}[data-quality="ok"]`, `${name}: a live meter`);
   }
-  check(true, 'the meter moves');
+  check(true, 'the meter moves in both panels');
+  const tele = await desktop.evaluate(() => {
+    const s = window.avbusPanel.meterSubs.get('hall')?.sub;
+    return s && { sub: s.sub, hz: s.hz, streams: s.streams, stats: s.stats(), gets: window.__gets };
+  });
+  const level = tele?.stats.streams['hall/mixer/level'];
+  check(tele && tele.sub !== null && tele.streams.some((d) => d.topic === 'hall/mixer/level' && d.channels === 2)
+    && level?.received >= 2, `the meter's values arrive as telemetry (${JSON.stringify(tele)})`);
+  check(tele.gets.length === 0, `no meter is read with get (${tele.gets})`);
+  const bars = await desktop.$$eval(`${meter} .fill`, (fs) => fs.map((f) => Number(f.style.getPropertyValue('--p'))));
+  check(bars.length === 2 && bars.every((p) => p > 0 && p <= 1), `a bar per channel, drawn (${bars})`);
+  const rooms = await phone.evaluate(() => [...window.avbusPanel.meterSubs.keys()]);
+  check(JSON.stringify(rooms) === '["hall"]', `the phone subscribes to its room's meters only (${rooms})`);
 
   // 7. A device goes offline: its controls grey out and cannot be used.
   await ask('switcher_off');
