@@ -5,13 +5,16 @@
 // reconnects with exponential backoff and jitter, resumes the session from the last
 // sequence number it saw, resends requests still waiting for an answer (the bus
 // answers a resent command from memory, never running it twice), and resubscribes
-// when the bus could not resume. docs/web.md has an example.
+// when the bus could not resume. Telemetry (meters, protocol §11) arrives on the same
+// WebSocket as binary messages holding the §11.2 datagram bytes; `telemetry()`
+// subscriptions are sent again after every reconnect. docs/web.md has an example.
 //
 //   import { Client } from '/avbus.js';
 //   const bus = new Client({ name: 'lobby-panel' });
 //   bus.on('connected', ({ session, resumed }) => console.log('connected', session));
 //   bus.subscribe(['boardroom/#'], (ev) => { if (ev.type === 'update') show(ev.update); });
 //   await bus.set('boardroom/projector/power', 'on');   // rejects with {code, message}
+//   const meters = await bus.telemetry('hall/#', 15, (v) => draw(v.topic, v.value, v.stale));
 
 import { encode, decode, isMapMarker } from './msgpack.js';
 
@@ -53,6 +56,156 @@ export function matches(filter, topic) {
   return f.length === t.length;
 }
 
+// ---- telemetry datagrams (docs/protocol.md §11.2) ----------------------------------
+
+/** Telemetry datagram constants (docs/protocol.md §11.2). */
+export const TELEMETRY = Object.freeze({
+  MAGIC: Object.freeze([0xa7, 0xb5]),
+  VERSION: 1,
+  /** Datagram types: client → bus (bind, publish), bus → client (data, bound). */
+  BIND: 1,
+  PUBLISH: 2,
+  DATA: 3,
+  BOUND: 4,
+  /** Largest datagram sent or accepted. */
+  MAX_DATAGRAM: 1200,
+  /** Header bytes of datagrams from the bus, and to it (with the token). */
+  HEADER: 8,
+  HEADER_TO_BUS: 16,
+  /** Bytes before a record's payload. */
+  RECORD_HEADER: 24,
+  /** Record formats and flags. */
+  FORMAT_MSGPACK: 0,
+  FORMAT_F32: 1,
+  FLAG_STALE: 1,
+});
+
+function asBytes(input) {
+  if (input instanceof Uint8Array) return input;
+  if (input instanceof ArrayBuffer) return new Uint8Array(input);
+  if (ArrayBuffer.isView(input)) return new Uint8Array(input.buffer, input.byteOffset, input.byteLength);
+  return null;
+}
+
+/**
+ * Decodes one telemetry datagram (docs/protocol.md §11.2) from a Uint8Array,
+ * ArrayBuffer or DataView. Never throws. Returns
+ * `{type, dseq, token, records, error, badValues}`:
+ *
+ * * `type` (1 bind, 2 publish, 3 data, 4 bound) and `dseq` (u32); `token` (a BigInt)
+ *   on bind and publish, otherwise `null`. When the header is not valid, `type` and
+ *   `dseq` are `null`, `records` is empty and `error` says why: `truncated`,
+ *   `oversized`, `bad_magic`, `bad_version` or `bad_type`.
+ * * `records`: `{alias, seq, timeUs, format, flags, stale, offset, total, value}` for
+ *   each valid record, in order. Reading stops at the first malformed record (it runs
+ *   past the end, has an unknown format, or an f32 payload that is not whole values or
+ *   overruns `total`): `error` is then `bad_record`, otherwise `null`.
+ * * `value`: for f32 records, a Number when the stream has one channel (`total` 1),
+ *   otherwise an Array of this record's channels, which start at channel `offset`; for
+ *   MessagePack records, the decoded value. A MessagePack payload that does not decode
+ *   is left out (its framing is sound, so reading goes on) and counted in `badValues`.
+ * * `timeUs` (µs since the Unix epoch) is a Number: exact until the year 2255.
+ */
+export function decodeTelemetry(input) {
+  const out = { type: null, dseq: null, token: null, records: [], error: null, badValues: 0 };
+  const b = asBytes(input);
+  if (b === null) { out.error = 'truncated'; return out; }
+  const T = TELEMETRY;
+  if (b.length > T.MAX_DATAGRAM) { out.error = 'oversized'; return out; }
+  if (b.length < T.HEADER) { out.error = 'truncated'; return out; }
+  if (b[0] !== T.MAGIC[0] || b[1] !== T.MAGIC[1]) { out.error = 'bad_magic'; return out; }
+  if (b[2] !== T.VERSION) { out.error = 'bad_version'; return out; }
+  const type = b[3];
+  if (type < T.BIND || type > T.BOUND) { out.error = 'bad_type'; return out; }
+  const view = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  let pos = T.HEADER;
+  let token = null;
+  if (type === T.BIND || type === T.PUBLISH) {
+    if (b.length < T.HEADER_TO_BUS) { out.error = 'truncated'; return out; }
+    token = view.getBigUint64(8);
+    pos = T.HEADER_TO_BUS;
+  }
+  out.type = type;
+  out.dseq = view.getUint32(4);
+  out.token = token;
+  if (type === T.BIND || type === T.BOUND) return out; // header only
+  while (pos < b.length) {
+    if (b.length - pos < T.RECORD_HEADER) { out.error = 'bad_record'; break; }
+    const format = b[pos + 16];
+    const offset = view.getUint16(pos + 18);
+    const total = view.getUint16(pos + 20);
+    const len = view.getUint16(pos + 22);
+    const start = pos + T.RECORD_HEADER;
+    if (format !== T.FORMAT_MSGPACK && format !== T.FORMAT_F32) { out.error = 'bad_record'; break; }
+    if (len > b.length - start) { out.error = 'bad_record'; break; }
+    if (format === T.FORMAT_F32 && (len % 4 !== 0 || offset + len / 4 > total)) {
+      out.error = 'bad_record';
+      break;
+    }
+    const flags = b[pos + 17];
+    const rec = {
+      alias: view.getUint32(pos),
+      seq: view.getUint32(pos + 4),
+      timeUs: view.getUint32(pos + 8) * 4294967296 + view.getUint32(pos + 12),
+      format,
+      flags,
+      stale: (flags & T.FLAG_STALE) !== 0,
+      offset,
+      total,
+      value: undefined,
+    };
+    pos = start + len;
+    if (format === T.FORMAT_F32) {
+      const n = len / 4;
+      const values = new Array(n);
+      for (let i = 0; i < n; i++) values[i] = view.getFloat32(start + 4 * i, true);
+      rec.value = total === 1 && n === 1 ? values[0] : values;
+    } else {
+      try {
+        rec.value = decode(b.subarray(start, start + len));
+      } catch {
+        out.badValues += 1;
+        continue;
+      }
+    }
+    out.records.push(rec);
+  }
+  return out;
+}
+
+/** Newest records kept per client (for subscriptions whose answer comes after them). */
+const TELEMETRY_CACHE = 8192;
+
+/** A fresh per-stream figure set (as the Rust client's `StreamStats`). */
+function streamStats() {
+  return { received: 0, skipped: 0, rateHz: 0, lastSeq: null, windowStart: null, windowCount: 0 };
+}
+
+/** Counts one value into a subscription's per-stream figures (seq gaps are skipped values). */
+function countValue(stats, topic, rec, now) {
+  let ss = stats.get(topic);
+  if (!ss) { ss = streamStats(); stats.set(topic, ss); }
+  // Parts of one chunked value share its sequence: count the value once.
+  if (rec.offset === 0 || ss.lastSeq !== rec.seq) {
+    if (ss.lastSeq !== null) {
+      const jump = (rec.seq - ss.lastSeq) >>> 0;
+      if (jump > 1 && jump < 0x80000000) ss.skipped += jump - 1;
+    }
+    if (!rec.stale) {
+      ss.received += 1;
+      ss.windowCount += 1;
+    }
+    ss.lastSeq = rec.seq;
+  }
+  if (ss.windowStart === null) ss.windowStart = now;
+  const span = now - ss.windowStart;
+  if (span >= 1000) {
+    ss.rateHz = (ss.windowCount * 1000) / span;
+    ss.windowStart = now;
+    ss.windowCount = 0;
+  }
+}
+
 const DEFAULTS = {
   name: 'web-panel',
   role: 'panel',
@@ -75,13 +228,18 @@ export function backoffDelay(attempt, minMs, maxMs, random = Math.random) {
  * {reason}, `reconnecting` {attempt, delayMs}, `resynced` (the state may have jumped:
  * fresh snapshots follow), `connect_error` {reason}, `connect_timeout`, `rtt` {ms},
  * `presence` {room, session, name, role, joined}, `said` {room, from, name, value},
- * `error` {code, message} (connection-level errors), `state` {state}.
+ * `error` {code, message} (connection-level errors), `state` {state},
+ * `telemetry_error` {filter, code, message} (a telemetry subscription the bus refused
+ * when it was sent again after a reconnect; it is tried again after the next one).
  */
 export class Client {
   constructor(options = {}) {
     this.options = { ...DEFAULTS, ...options };
     this.url = this.options.url ?? defaultUrl();
-    /** Telemetry (binary messages that are not MessagePack maps): set a handler. */
+    /**
+     * Every telemetry message (a binary message that is not a MessagePack map), raw,
+     * after `telemetry()` subscriptions had their values: set a handler to see them.
+     */
     this.onTelemetry = options.onTelemetry ?? (() => {});
     this.state = 'idle';
     this.session = null;
@@ -106,6 +264,18 @@ export class Client {
     this._lastRx = 0;
     this._lastError = null;
     this._firstConnect = null;
+    // Telemetry (docs/protocol.md §11): subscriptions live per connection, so each is
+    // sent again after every welcome; aliases and the datagram sequence are per
+    // connection too.
+    this._conn = 0; // connections welcomed so far
+    this._tsubs = new Set(); // every open telemetry subscription's state
+    this._tsubPending = new Map(); // tsub request id -> state
+    this._tsubBySub = new Map(); // the bus's sub id (this connection) -> state
+    this._aliases = new Map(); // alias -> {topic, channels, subs: Set(state)}
+    this._latest = new Map(); // alias -> Map(offset -> newest record on this connection)
+    this._latestCount = 0;
+    this._nextDseq = null;
+    this._tcount = { datagrams: 0, datagramsLost: 0 };
   }
 
   /** Registers `fn` for event `name`; returns a function that unregisters it. */
@@ -154,6 +324,10 @@ export class Client {
     if (ws) ws.close(1000);
     for (const [, r] of this._requests) r.reject(new AvbusError('closed', 'the client was closed'));
     this._requests.clear();
+    for (const st of this._tsubs) st.fail(new AvbusError('closed', 'the client was closed'));
+    this._tsubs.clear();
+    this._tsubPending.clear();
+    this._tsubBySub.clear();
     this._setState('closed');
   }
 
@@ -203,6 +377,7 @@ export class Client {
       if (typeof ev.data === 'string') return; // the bus sends binary messages only
       const bytes = new Uint8Array(ev.data);
       if (bytes.length === 0 || !isMapMarker(bytes[0])) {
+        if (welcomed) this._telemetry(bytes);
         try { this.onTelemetry(bytes); } catch (e) { console.error('avbus: onTelemetry failed', e); }
         return;
       }
@@ -270,6 +445,16 @@ export class Client {
     this.heartbeatMs = Number(w.heartbeat_ms) || 5000;
     this._snap = null;
     if (!w.resumed) this._lastSeq = Number(w.seq);
+    // A new connection has no telemetry subscriptions (even on a resumed session),
+    // its own datagram sequence, and (after a bus restart) maybe other aliases.
+    this._conn += 1;
+    this._tsubPending.clear();
+    this._tsubBySub.clear();
+    this._aliases.clear();
+    this._latest.clear();
+    this._latestCount = 0;
+    this._nextDseq = null;
+    for (const st of this._tsubs) st.sub = null;
     this._setState('connected');
     this._emit('connected', { session: w.session, resumed: w.resumed });
     // A new session: everything the application set up is gone on the bus side.
@@ -287,6 +472,7 @@ export class Client {
     // Requests still unanswered go again with their ids: a command the bus already
     // ran is answered from its memory, not run twice.
     for (const [, r] of this._requests) this._send(r.msg);
+    for (const st of this._tsubs) if (st.conn !== this._conn) this._tsubSend(st);
     this._startHeartbeat();
   }
 
@@ -331,10 +517,18 @@ export class Client {
         break;
       case 'ok':
       case 'puback':
-        this._answer(m.id, null, m.t === 'ok' ? m.result : { seq: m.seq });
+        if (m.t === 'ok' && this._tsubPending.has(m.id)) this._tsubAnswer(m.id, m.result);
+        else this._answer(m.id, null, m.t === 'ok' ? m.result : { seq: m.seq });
         break;
+      case 'streams': {
+        const st = this._tsubBySub.get(Number(m.sub));
+        if (st) this._addStreams(st, m.streams);
+        break;
+      }
       case 'error':
-        if (m.id === undefined || m.id === null) {
+        if (m.id !== undefined && m.id !== null && this._tsubPending.has(m.id)) {
+          this._tsubRefused(m.id, new AvbusError(m.code, m.message));
+        } else if (m.id === undefined || m.id === null) {
           this._lastError = `${m.code}: ${m.message}`;
           this._emit('error', { code: m.code, message: m.message });
         } else if (this._subs.has(m.id) && !this._requests.has(m.id)) {
@@ -499,5 +693,179 @@ export class Client {
   /** Sends `value` to the other members of a joined room (only while connected). */
   say(room, value) {
     return this._send({ t: 'say', room, value });
+  }
+
+  /**
+   * Subscribes to the telemetry streams (meters) whose topics match `filter`, at most
+   * `hz` batches a second (docs/protocol.md §11.4). `onValue` gets
+   * `{topic, alias, value, offset, total, seq, timeUs, stale}` for each new value of
+   * a stream: `value` is a Number for a one-channel stream, an Array otherwise (a
+   * stream of more than 290 channels arrives in parts: `value[i]` is channel
+   * `offset + i` of `total`); `stale` means the source went silent and this is its
+   * last value. Resolves, once the bus answered, to
+   * `{sub, filter, hz, streams, stats(), close()}`; rejects with the bus's error
+   * (`invalid_filter`, `limit`). The subscription is sent again after every
+   * reconnect, resumed or not, with the same `onValue`.
+   */
+  telemetry(filter, hz, onValue) {
+    if (this._closed) return Promise.reject(new AvbusError('closed', 'the client was closed'));
+    let resolve;
+    let reject;
+    const answered = new Promise((res, rej) => { resolve = res; reject = rej; });
+    const st = {
+      filter,
+      hz,
+      onValue,
+      sub: null, // the bus's id for it on this connection (null until answered)
+      conn: 0, // the connection it was last sent on
+      streams: new Map(), // alias -> {alias, topic, channels}
+      stats: new Map(), // topic -> per-stream figures
+      last: new Map(), // `${alias}/${offset}` -> `${seq}/${stale}` delivered
+      settled: false,
+      closed: false,
+      handle: null,
+      fail: (e) => { if (!st.settled) { st.settled = true; reject(e); } },
+      done: () => { if (!st.settled) { st.settled = true; resolve(st.handle); } },
+    };
+    st.handle = {
+      filter,
+      hz,
+      /** The bus's id for this subscription on the current connection. */
+      get sub() { return st.sub; },
+      /** The matching streams known so far: [{alias, topic, channels}]. */
+      get streams() { return [...st.streams.values()]; },
+      /** Loss and rate: {datagrams, datagramsLost, streams: {topic: {received, skipped, rateHz}}}. */
+      stats: () => this._tstats(st),
+      /** Ends the subscription (`tunsub`); no more values are delivered. */
+      close: () => this._tclose(st),
+    };
+    this._tsubs.add(st);
+    this._tsubSend(st);
+    return answered;
+  }
+
+  _tsubSend(st) {
+    st.sub = null;
+    st.last.clear();
+    if (this.state !== 'connected') return; // sent after the next welcome
+    const id = this._nextId++;
+    st.conn = this._conn;
+    this._tsubPending.set(id, st);
+    if (!this._send({ t: 'tsub', id, filter: st.filter, hz: st.hz })) this._tsubPending.delete(id);
+  }
+
+  _tsubAnswer(id, result) {
+    const st = this._tsubPending.get(id);
+    this._tsubPending.delete(id);
+    const sub = Number(result?.sub ?? id);
+    if (st.closed) {
+      this._send({ t: 'tunsub', id: this._nextId++, sub });
+      return;
+    }
+    st.sub = sub;
+    this._tsubBySub.set(sub, st);
+    this._addStreams(st, result?.streams);
+    st.done();
+  }
+
+  _tsubRefused(id, err) {
+    const st = this._tsubPending.get(id);
+    this._tsubPending.delete(id);
+    if (st.closed) return;
+    if (!st.settled) {
+      // The first answer: the application hears it and the subscription is gone.
+      this._tsubs.delete(st);
+      st.closed = true;
+      st.fail(err);
+    } else {
+      this._emit('telemetry_error', { filter: st.filter, code: err.code, message: err.message });
+    }
+  }
+
+  _addStreams(st, streams) {
+    for (const d of Array.isArray(streams) ? streams : []) {
+      if (!d || typeof d.topic !== 'string') continue;
+      const alias = Number(d.alias);
+      const desc = { alias, topic: d.topic, channels: Number(d.channels ?? 1) };
+      st.streams.set(alias, desc);
+      let a = this._aliases.get(alias);
+      if (!a || a.topic !== desc.topic) {
+        a = { topic: desc.topic, channels: desc.channels, subs: new Set() };
+        this._aliases.set(alias, a);
+      }
+      a.subs.add(st);
+      // Values that arrived before this answer (or for another subscription).
+      for (const rec of this._latest.get(alias)?.values() ?? []) this._tdeliver(st, a.topic, rec);
+    }
+  }
+
+  _telemetry(bytes) {
+    const d = decodeTelemetry(bytes);
+    if (d.type !== TELEMETRY.DATA) return;
+    const c = this._tcount;
+    c.datagrams += 1;
+    if (this._nextDseq !== null) {
+      // A small forward jump is loss; a "negative" one is reordering.
+      const gap = (d.dseq - this._nextDseq) >>> 0;
+      if (gap > 0 && gap < 0x80000000) c.datagramsLost += gap;
+    }
+    this._nextDseq = (d.dseq + 1) >>> 0;
+    for (const rec of d.records) {
+      let parts = this._latest.get(rec.alias);
+      if (!parts) {
+        if (this._latestCount >= TELEMETRY_CACHE) { this._latest.clear(); this._latestCount = 0; }
+        parts = new Map();
+        this._latest.set(rec.alias, parts);
+      }
+      if (!parts.has(rec.offset)) this._latestCount += 1;
+      parts.set(rec.offset, rec);
+      const a = this._aliases.get(rec.alias);
+      if (!a) continue;
+      for (const st of a.subs) this._tdeliver(st, a.topic, rec);
+    }
+  }
+
+  _tdeliver(st, topic, rec) {
+    if (st.closed) return;
+    // Overlapping subscriptions bring the same record more than once: deliver it once.
+    const key = `${rec.alias}/${rec.offset}`;
+    const mark = `${rec.seq}/${rec.stale ? 1 : 0}`;
+    if (st.last.get(key) === mark) return;
+    st.last.set(key, mark);
+    countValue(st.stats, topic, rec, typeof performance !== 'undefined' ? performance.now() : Date.now());
+    try {
+      st.onValue({
+        topic,
+        alias: rec.alias,
+        value: rec.value,
+        offset: rec.offset,
+        total: rec.total,
+        seq: rec.seq,
+        timeUs: rec.timeUs,
+        stale: rec.stale,
+      });
+    } catch (e) {
+      console.error('avbus: a telemetry handler failed', e);
+    }
+  }
+
+  _tstats(st) {
+    const streams = {};
+    for (const [topic, s] of st.stats) {
+      streams[topic] = { received: s.received, skipped: s.skipped, rateHz: s.rateHz };
+    }
+    return { datagrams: this._tcount.datagrams, datagramsLost: this._tcount.datagramsLost, streams };
+  }
+
+  _tclose(st) {
+    if (st.closed) return;
+    st.closed = true;
+    this._tsubs.delete(st);
+    for (const alias of st.streams.keys()) this._aliases.get(alias)?.subs.delete(st);
+    if (st.sub !== null) {
+      this._tsubBySub.delete(st.sub);
+      this._send({ t: 'tunsub', id: this._nextId++, sub: st.sub });
+    }
+    st.fail(new AvbusError('closed', 'the telemetry subscription was closed'));
   }
 }

@@ -1,9 +1,10 @@
 // avbus panel — one widget per control kind, generated from the device descriptor
 // (docs/protocol.md §9.2): bool → switch, int/float → slider (dB taper where
 // declared), enum → segmented buttons or a list, momentary → press-and-hold button,
-// trigger → button, string → text field, meter → live bars. Read-only controls show
-// their value. Every widget is built from real buttons and inputs, labelled for
-// assistive technology, and greyed and disabled when its state is offline.
+// trigger → button, string → text field, meter → live bars (fed by telemetry).
+// Read-only controls show their value. Every widget is built from real buttons and
+// inputs, labelled for assistive technology, and greyed and disabled when its state
+// is offline.
 
 let nextId = 0;
 const uid = (p) => `${p}-${++nextId}`;
@@ -63,6 +64,34 @@ export function formatNumber(v, spec) {
   return spec.unit ? `${n} ${spec.unit}` : n;
 }
 
+/** Whether a unit is a decibel scale (`dB`, `dBFS`, `dBu`, ...). */
+const isDb = (unit) => /^db/i.test(unit ?? '');
+
+/**
+ * Where a meter reading sits on its bar, 0..1. A dB meter is drawn linear in dB
+ * (as on a console's meter bridge), anything else linear in its value; both between
+ * the descriptor's `min` and `max`, clamped. Not a number: 0.
+ */
+export function meterPosition(v, spec) {
+  if (!Number.isFinite(v)) return 0;
+  const [lo, hi] = [Number(spec.min), Number(spec.max)];
+  if (!(hi > lo)) return 0;
+  return Math.min(1, Math.max(0, (v - lo) / (hi - lo)));
+}
+
+/**
+ * Where a meter's colours change (0..1 of the bar): a dB meter warns from 18 dB and
+ * turns red from 6 dB below 0 dB (below its top when the scale ends under 0 dB); a
+ * linear one at 70 % and 90 %.
+ */
+export function meterZones(spec) {
+  if (isDb(spec.unit)) {
+    const ref = Math.min(0, Number(spec.max));
+    return { warn: meterPosition(ref - 18, spec), hot: meterPosition(ref - 6, spec) };
+  }
+  return { warn: 0.7, hot: 0.9 };
+}
+
 /** Parses a trigger's argument field: empty → nil, JSON when it is JSON, else text. */
 export function parseArgs(text) {
   const t = text.trim();
@@ -73,7 +102,8 @@ export function parseArgs(text) {
 /**
  * Builds the widget for control `spec` of device `desc`. `ctx` has `client` (the
  * avbus Client) and `label` (the device's label, for accessible names). Returns
- * {el, update(record), setOnline(bool), meter?}.
+ * {el, update(record), setOnline(bool)}; a meter also has `telemetry(value)`, fed
+ * with the values of `client.telemetry()` for its topic.
  */
 export function createControl(ctx, desc, spec) {
   const topic = `${desc.room}/${desc.name}/${spec.name}`;
@@ -267,10 +297,19 @@ export function createControl(ctx, desc, spec) {
       if (document.activeElement !== field && typeof v === 'string') field.value = v;
     };
   } else if (k === 'meter') {
-    const channels = Math.max(1, Number(spec.channels) || 1);
+    // Live from telemetry (the panel hands values to widget.telemetry()); the state
+    // subscription only says whether the device is offline. Up to 8 channels: one
+    // horizontal bar each; more (a console's inputs): a row of thin vertical bars,
+    // which stays one line high on a phone. The text shows the value(s), or the peak.
+    const channels = Math.max(1, Math.floor(Number(spec.channels) || 1));
+    const columns = channels > 8;
     const meter = el('div', {
-      class: 'meter', role: 'meter', 'aria-label': aria, 'aria-valuemin': spec.min, 'aria-valuemax': spec.max,
+      class: `meter ${columns ? 'columns' : 'rows'}`, role: 'meter', 'aria-label': aria,
+      'aria-valuemin': spec.min, 'aria-valuemax': spec.max, 'data-channels': channels,
     });
+    const zones = meterZones(spec);
+    meter.style.setProperty('--warn', String(zones.warn));
+    meter.style.setProperty('--hot', String(zones.hot));
     const fills = [];
     for (let i = 0; i < channels; i++) {
       const fill = el('div', { class: 'fill' });
@@ -278,26 +317,44 @@ export function createControl(ctx, desc, spec) {
       fills.push(fill);
     }
     body.append(meter);
-    widget.meter = { rateHz: Number(spec.rate_hz) || 0 };
-    widget.render = (r) => {
-      const vs = (Array.isArray(r?.value) ? r.value : [r?.value]).map(Number);
-      fills.forEach((f, i) => {
-        const v = vs[i];
-        const p = Number.isFinite(v) ? toPosition(v, { ...spec, taper: 'linear' }) : 0;
-        f.style.setProperty('--p', String(p));
-      });
-      if (Number.isFinite(vs[0])) {
-        meter.setAttribute('aria-valuenow', String(vs[0]));
-        meter.setAttribute('aria-valuetext', vs.filter(Number.isFinite).map((v) => formatNumber(v, spec)).join(' / '));
-        value.textContent = vs.filter(Number.isFinite).map((v) => v.toFixed(1)).join(' / ') + (spec.unit ? ` ${spec.unit}` : '');
+    const levels = new Array(channels).fill(NaN);
+    widget.meter = { rateHz: Number(spec.rate_hz) || 0, channels, levels, seen: false, stale: true };
+    widget.render = () => {
+      fills.forEach((f, i) => f.style.setProperty('--p', String(meterPosition(levels[i], spec))));
+      const shown = levels.map((v, i) => [v, i]).filter(([v]) => Number.isFinite(v));
+      if (shown.length === 0) return;
+      const [peak, at] = shown.reduce((a, b) => (b[0] > a[0] ? b : a));
+      const unit = spec.unit ? ` ${spec.unit}` : '';
+      meter.setAttribute('aria-valuenow', String(Math.round(peak * 100) / 100));
+      if (channels <= 4) {
+        value.textContent = shown.map(([v]) => v.toFixed(1)).join(' / ') + unit;
+        meter.setAttribute('aria-valuetext', shown.map(([v]) => formatNumber(v, spec)).join(' / '));
+      } else {
+        value.textContent = `peak ${peak.toFixed(1)}${unit}`;
+        meter.setAttribute('aria-valuetext', `peak ${formatNumber(peak, spec)}, channel ${at + 1}`);
       }
+    };
+    /** One telemetry value ({value, offset, stale}) of this meter's stream. */
+    widget.telemetry = (v) => {
+      const vs = Array.isArray(v.value) ? v.value : [v.value];
+      const from = Number(v.offset) || 0;
+      vs.forEach((x, i) => { if (from + i < channels) levels[from + i] = Number(x); });
+      widget.meter.seen = true;
+      widget.meter.stale = v.stale === true;
+      widget.render();
+      applyState();
     };
   }
 
   const applyState = () => {
     // A trigger has no state: it is usable whenever its device is online.
     const fallback = k === 'trigger' || record ? 'ok' : 'stale';
-    const quality = !online ? 'offline' : (record?.quality ?? fallback);
+    let quality = !online ? 'offline' : (record?.quality ?? fallback);
+    if (k === 'meter') {
+      // A meter's retained record carries no value: telemetry says ok or stale.
+      const m = widget.meter;
+      quality = !online || record?.quality === 'offline' ? 'offline' : (!m.seen || m.stale ? 'stale' : 'ok');
+    }
     root.dataset.quality = quality;
     tag.textContent = quality === 'ok' ? '' : quality;
     const on = usable();
@@ -308,7 +365,7 @@ export function createControl(ctx, desc, spec) {
   widget.update = (r) => {
     record = r;
     if (k !== 'meter' && k !== 'trigger') value.textContent = r?.display ?? (r?.value === null ? '—' : '');
-    widget.render(r);
+    if (k !== 'meter') widget.render(r);
     applyState();
   };
   widget.destroy = () => {

@@ -2,6 +2,10 @@
 // device descriptors the bus publishes at `$devices/<room>/<device>`, kept true by
 // one subscription (snapshot, then live updates; a resync replaces everything).
 //
+// Meters are telemetry (docs/protocol.md §11): one `client.telemetry('<room>/#', 15)`
+// subscription per room on screen that has meters, closed when the room is hidden or
+// the page is; the client sends them again after every reconnect.
+//
 // Integrators embedding or testing the panel can listen for `avbus:state` events on
 // `document` (detail: {state, resumed}); `state` is connecting, connected,
 // reconnecting, resynced or closed — what the header shows.
@@ -9,10 +13,9 @@
 import { Client } from './avbus.js';
 import { createControl } from './controls.js';
 
-/** How often meters are read, at most, while their telemetry stream is not here. */
-const METER_MAX_HZ = 10;
-/** A meter declaring no rate is read this often. */
-const METER_DEFAULT_HZ = 4;
+/** Meter frames a second asked of the bus (each carries the newest value of every
+ * meter that changed; more would not be seen on a panel). */
+const METER_HZ = 15;
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -52,6 +55,10 @@ class Panel {
     this.connState = 'idle';
     this.resumed = null;
     this.everConnected = false;
+    /** room → {sub, closed}: its meters' telemetry subscription. */
+    this.meterSubs = new Map();
+    /** meter topic → Map(offset → the newest telemetry value), for rebuilt cards. */
+    this.meterValues = new Map();
   }
 
   start() {
@@ -81,7 +88,7 @@ class Panel {
       this.room = decodeURIComponent((location.hash.match(/^#room=(.+)$/) ?? [])[1] ?? '');
       this.renderRooms();
     });
-    this.pollMeters();
+    document.addEventListener('visibilitychange', () => this.syncMeters());
   }
 
   setConn(state) {
@@ -131,6 +138,9 @@ class Panel {
       if (u.value === null || typeof u.value !== 'object') {
         this.descriptors.delete(key);
         this.removeCard(key);
+        for (const topic of [...this.meterValues.keys()]) {
+          if (topic.startsWith(`${key}/`)) this.meterValues.delete(topic);
+        }
       } else {
         this.descriptors.set(key, u.value);
         this.buildCard(key, u.value);
@@ -199,6 +209,7 @@ class Panel {
     for (const [name, w] of widgets) {
       const r = this.records.get(`${key}/${name}`);
       if (r) w.update(r);
+      for (const v of this.meterValues.get(`${key}/${name}`)?.values() ?? []) w.telemetry?.(v);
     }
   }
 
@@ -239,31 +250,47 @@ class Panel {
     nav.append(tab('', 'All rooms'));
     for (const r of rooms) nav.append(tab(r, r));
     $('#empty').hidden = rooms.length > 0;
+    this.syncMeters();
   }
 
-  /** Reads each visible meter with `get` at its rate (bounded; one read in flight each). */
-  pollMeters() {
-    const due = new Map(); // topic -> next time
-    const busy = new Set();
-    const tick = () => {
-      setTimeout(tick, 1000 / METER_MAX_HZ);
-      if (this.client.state !== 'connected' || document.hidden) return;
-      const now = performance.now();
-      for (const card of this.cards.values()) {
-        if (!card.online || card.el.closest('section.room')?.hidden) continue;
-        for (const w of card.widgets.values()) {
-          if (!w.meter || busy.has(w.topic) || (due.get(w.topic) ?? 0) > now) continue;
-          const hz = Math.min(METER_MAX_HZ, w.meter.rateHz > 0 ? w.meter.rateHz : METER_DEFAULT_HZ);
-          due.set(w.topic, now + 1000 / hz);
-          busy.add(w.topic);
-          this.client.get(w.topic)
-            .then((r) => { if (this.cards.get(card.el.dataset.device) === card) w.update(r); })
-            .catch(() => {})
-            .finally(() => busy.delete(w.topic));
-        }
+  /**
+   * Keeps one telemetry subscription per room that is on screen and has meters, and
+   * none for the others (or while the page is hidden).
+   */
+  syncMeters() {
+    const want = new Set();
+    if (!document.hidden) {
+      for (const d of this.descriptors.values()) {
+        if (this.room !== '' && d.room !== this.room) continue;
+        if ((d.controls ?? []).some((c) => c.type === 'meter')) want.add(d.room);
       }
-    };
-    tick();
+    }
+    for (const [room, entry] of this.meterSubs) {
+      if (want.has(room)) continue;
+      entry.closed = true;
+      entry.sub?.close();
+      this.meterSubs.delete(room);
+    }
+    for (const room of want) {
+      if (this.meterSubs.has(room)) continue;
+      const entry = { sub: null, closed: false };
+      this.meterSubs.set(room, entry);
+      this.client.telemetry(`${room}/#`, METER_HZ, (v) => this.meterValue(v))
+        .then((sub) => { if (entry.closed) sub.close(); else entry.sub = sub; })
+        .catch((e) => {
+          // Kept (not retried on every card change); a reload tries again.
+          if (e.code !== 'closed') console.warn(`avbus: no meters for ${room}: ${e.code}: ${e.message}`);
+        });
+    }
+  }
+
+  /** One telemetry value: to its meter's widget, and kept for a rebuilt card. */
+  meterValue(v) {
+    let parts = this.meterValues.get(v.topic);
+    if (!parts) { parts = new Map(); this.meterValues.set(v.topic, parts); }
+    parts.set(v.offset, v);
+    const cut = v.topic.lastIndexOf('/');
+    this.cards.get(v.topic.slice(0, cut))?.widgets.get(v.topic.slice(cut + 1))?.telemetry?.(v);
   }
 }
 

@@ -10,7 +10,9 @@ import { encode, decode, isMapMarker, Ext, CodecError, MAX_DEPTH } from '../../w
 import {
   Client, AvbusError, matches, backoffDelay, decodeTelemetry, TELEMETRY,
 } from '../../web/avbus.js';
-import { toPosition, fromPosition, formatNumber, parseArgs } from '../../web/controls.js';
+import {
+  toPosition, fromPosition, formatNumber, parseArgs, meterPosition, meterZones,
+} from '../../web/controls.js';
 
 const hex = (b) => Buffer.from(b).toString('hex');
 const unhex = (s) => new Uint8Array(Buffer.from(s, 'hex'));
@@ -113,6 +115,22 @@ test('slider positions follow the dB taper of docs/protocol.md', () => {
   assert.deepEqual(parseArgs('{"preset": 1}'), { preset: 1 });
   assert.equal(parseArgs('  '), null);
   assert.equal(parseArgs('hello'), 'hello');
+});
+
+test('meter bars: linear between min and max, colour zones per unit', () => {
+  const dbfs = { type: 'meter', min: -60, max: 0, unit: 'dBFS', channels: 2 };
+  assert.equal(meterPosition(-30, dbfs), 0.5);
+  assert.equal(meterPosition(-90, dbfs), 0);
+  assert.equal(meterPosition(6, dbfs), 1);
+  assert.equal(meterPosition(NaN, dbfs), 0);
+  assert.equal(meterPosition(1, { min: 1, max: 1 }), 0);
+  assert.deepEqual(meterZones(dbfs), { warn: 0.7, hot: 0.9 }, '-18 and -6 dBFS');
+  const x32 = { type: 'meter', min: -90, max: 18, unit: 'dBFS' };
+  assert.ok(Math.abs(meterZones(x32).warn - 72 / 108) < 1e-12, 'zones stay at -18 dB above 0 dB');
+  const low = { type: 'meter', min: -80, max: -20, unit: 'dB' };
+  assert.deepEqual(meterZones(low), { warn: 0.7, hot: 0.9 }, 'below 0 dB: from the top');
+  assert.deepEqual(meterZones({ type: 'meter', min: 0, max: 100, unit: '%' }), { warn: 0.7, hot: 0.9 });
+  assert.equal(formatNumber(-12.3, dbfs), '-12.3 dBFS');
 });
 
 // ---- the client against a scripted WebSocket -------------------------------------
@@ -313,7 +331,7 @@ test('records: channels, chunks, the stale flag, MessagePack values, big counter
     rec({ alias: 2, seq: 0xffffffff, offset: 290, total: 700, values: [1, 2, 3], flags: 1 }),
     rec({ alias: 0xffffffff, seq: 1, format: 0, payload: encode({ x: 'on', n: [1, 2] }) }),
     rec({ alias: 4, seq: 2, format: 0, payload: encode(-3.25), timeUs: 2 ** 52 + 1 }),
-    rec({ alias: 5, seq: 3, values: [] , total: 4 })));
+    rec({ alias: 5, seq: 3, values: [], total: 4 })));
   assert.equal(d.error, null);
   assert.equal(d.dseq, 0xfffffffe);
   const [a, b, c, e, f] = d.records;
