@@ -279,7 +279,8 @@ fn bench_devices_runs_panel_bus_adapters_and_simulators() {
         };
         // Correctness, not speed: every command confirmed, both processes measured.
         assert_eq!(figure("failed"), "0", "{line}");
-        assert_eq!(figure("n"), "10", "{line}");
+        let n: u64 = figure("n").parse().unwrap();
+        assert!(n >= 10, "at least ten commands measured: {line}");
         for key in ["p99_us", "bus_cpu_pct", "sim_cpu_pct"] {
             let v: f64 = figure(key).parse().unwrap();
             assert!(v.is_finite(), "{line}");

@@ -12,8 +12,8 @@
 //! one short ASCII line each way per command.
 //!
 //! Each switcher is also polled on the adapter's default schedule (every 10 s,
-//! 17 queries for the simulator's 8×8 matrix), as it would be on a site. Every loop is
-//! bounded in count and time.
+//! 17 queries for the simulator's 8×8 matrix), as it would be on a site, and the
+//! measurement lasts two poll intervals. Every loop is bounded in count and time.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -46,13 +46,19 @@ const DRIVER: &str = "extron-sis";
 const ROOM: &str = "bench";
 /// The control the panel sets: a bool, confirmed by the switcher's `Vmt01*x`.
 const CONTROL: &str = "out01_video_mute";
-/// Commands measured per step at scale 1 (after one unmeasured command per device).
-const COMMANDS: u64 = 5_000;
+/// How long the commands of one step are measured at scale 1 (after one unmeasured
+/// command per device): two of the adapters' 10 s poll intervals, so that every
+/// switcher's poll falls inside the window, twice.
+const RUN_TIME: Duration = Duration::from_secs(20);
+/// Most commands measured per step at scale 1.
+const MAX_COMMANDS: u64 = 1_000_000;
+/// Fewest commands measured per step, however small the scale.
+const MIN_COMMANDS: u64 = 10;
 /// Longest the simulators and devices of one step take to come up, and the longest
 /// the warm-up (one command per device) may take.
 const SETUP_WAIT: Duration = Duration::from_secs(120);
-/// Longest the measured commands of one step may take.
-const RUN_LIMIT: Duration = Duration::from_secs(60);
+/// Longest the measured commands of one step may take, whatever the scale.
+const RUN_LIMIT: Duration = Duration::from_secs(600);
 /// Longest the adapters take to stop at the end of a step.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
@@ -197,9 +203,11 @@ async fn panel(bus: SocketAddr, n: usize, sim_pid: u32, scale: f64) -> Result<Ro
     let mut h = histogram();
     let mut failed = 0u64;
     let me = std::process::id();
+    let run_for = RUN_TIME.mul_f64(scale);
     let (bus0, sim0, t0) = (cpu_ms(me), cpu_ms(sim_pid), Instant::now());
-    for k in 0..scaled(COMMANDS, scale) {
-        if t0.elapsed() > RUN_LIMIT {
+    for k in 0..scaled(MAX_COMMANDS, scale).max(MIN_COMMANDS) {
+        let spent = t0.elapsed();
+        if spent > RUN_LIMIT || (spent >= run_for && k >= MIN_COMMANDS) {
             break;
         }
         let i = (k % n as u64) as usize;
