@@ -55,7 +55,7 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Run a device simulator (pjlink, extron-sis, qrc, visca, x32-osc) until Ctrl-C.
+    /// Run device simulators (pjlink, extron-sis, qrc, visca, x32-osc) until Ctrl-C.
     Sim {
         /// Which device to simulate.
         driver: String,
@@ -68,6 +68,10 @@ pub enum Command {
         /// Test timings (near-instant transitions) instead of realistic ones.
         #[arg(long)]
         fast: bool,
+        /// How many simulators to run: on free ports when --listen has port 0,
+        /// otherwise on consecutive ports from it. The ready line lists them all.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
     },
     /// Run the bus with simulated devices and print a tour.
     Demo {
@@ -146,12 +150,16 @@ pub enum Command {
         #[arg(long)]
         bus: Option<String>,
         /// Workloads to run (repeatable): rtt, throughput, fanout, fanin, snapshot,
-        /// site, connections, command. Default: all.
+        /// site, connections, command. Default: all of these. Also `devices` (only when
+        /// named): latency through bus, adapters and simulators, on a bus of its own.
         #[arg(long = "workload")]
         workloads: Vec<String>,
         /// Multiply message counts and durations (e.g. 0.1 for a quick run).
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
+        /// Device counts the `devices` workload measures, comma-separated.
+        #[arg(long = "devices", value_delimiter = ',', default_values_t = crate::bench::DEVICE_STEPS)]
+        device_steps: Vec<usize>,
     },
     /// List devices: class, driver, online or offline.
     Devices {
@@ -371,33 +379,44 @@ async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
             bus,
             workloads,
             scale,
+            device_steps,
         } => {
+            let devices = crate::bench::DEVICES;
             for w in &workloads {
-                if !crate::bench::WORKLOADS.contains(&w.as_str()) {
+                if !crate::bench::WORKLOADS.contains(&w.as_str()) && w != devices {
                     eprintln!(
-                        "avbus bench: unknown workload {w:?} (known: {})",
+                        "avbus bench: unknown workload {w:?} (known: {}, {devices})",
                         crate::bench::WORKLOADS.join(", ")
                     );
                     return Err(ExitCode::from(2));
                 }
             }
-            let own = match &bus {
-                Some(_) => None,
-                None => Some(crate::bench::OwnBus::start().map_err(|e| {
-                    eprintln!("avbus bench: cannot start a bus: {e}");
-                    ExitCode::from(2)
-                })?),
-            };
-            let addr = bus
-                .or_else(|| own.as_ref().map(|o| o.addr.clone()))
-                .unwrap_or_default();
-            let cfg = crate::bench::BenchConfig { workloads, scale };
-            let rows = crate::bench::run(&addr, own.as_ref().map(|o| o.pid()), &cfg)
-                .await
-                .map_err(|e| {
+            let max = crate::devices::sims::MAX_COUNT;
+            if let Some(n) = device_steps.iter().find(|n| **n == 0 || **n > max) {
+                eprintln!("avbus bench: --devices {n}: 1 to {max}");
+                return Err(ExitCode::from(2));
+            }
+            let with_devices = workloads.iter().any(|w| w == devices);
+            if with_devices && bus.is_some() {
+                eprintln!("avbus bench: the {devices} workload runs its own bus; leave out --bus");
+                return Err(ExitCode::from(2));
+            }
+            let others: Vec<String> = workloads
+                .iter()
+                .filter(|w| *w != devices)
+                .cloned()
+                .collect();
+            let mut rows = Vec::new();
+            if !with_devices || !others.is_empty() {
+                rows = bench_bus(bus, others, scale).await?;
+            }
+            if with_devices {
+                let measured = crate::bench::devices(&device_steps, scale).await;
+                rows.extend(measured.map_err(|e| {
                     eprintln!("avbus bench: {e}");
                     ExitCode::from(1)
-                })?;
+                })?);
+            }
             outln!("{}", crate::bench::table(&rows));
             Ok(ExitCode::SUCCESS)
         }
@@ -436,6 +455,31 @@ async fn sub_telemetry(
     }
     client.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The bench workloads that measure a bus: `bus`, or one started as its own process.
+async fn bench_bus(
+    bus: Option<String>,
+    workloads: Vec<String>,
+    scale: f64,
+) -> Result<Vec<crate::bench::Row>, ExitCode> {
+    let own = match &bus {
+        Some(_) => None,
+        None => Some(crate::bench::OwnBus::start().map_err(|e| {
+            eprintln!("avbus bench: cannot start a bus: {e}");
+            ExitCode::from(2)
+        })?),
+    };
+    let addr = bus
+        .or_else(|| own.as_ref().map(|o| o.addr.clone()))
+        .unwrap_or_default();
+    let cfg = crate::bench::BenchConfig { workloads, scale };
+    crate::bench::run(&addr, own.as_ref().map(|o| o.pid()), &cfg)
+        .await
+        .map_err(|e| {
+            eprintln!("avbus bench: {e}");
+            ExitCode::from(1)
+        })
 }
 
 fn print_reply(

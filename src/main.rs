@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use avbus::client::{Client, ClientOptions};
 use avbus::devices::registry::host_all;
+use avbus::devices::sims;
 use avbus::protocol::Role;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -139,15 +140,14 @@ fn main() -> ExitCode {
                 listen,
                 password,
                 fast,
-            } => match avbus::devices::sims::AnySim::start(&driver, listen, password, fast).await {
-                Ok(sim) => {
-                    let proto = if sim.udp() { "udp" } else { "tcp" };
-                    println!(
-                        "{{\"ready\":{{\"{proto}\":\"{}\",\"driver\":\"{driver}\"}}}}",
-                        sim.addr()
-                    );
+                count,
+            } => match sims::start_many(&driver, listen, count, password, fast).await {
+                Ok(sims) => {
+                    println!("{}", sims::ready_line(&driver, &sims));
                     shutdown_signal().await;
-                    sim.stop().await;
+                    for sim in sims {
+                        sim.stop().await;
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -316,6 +316,55 @@ fn bench_runs_every_workload_against_its_own_bus() {
 }
 
 #[test]
+fn bench_devices_runs_panel_bus_adapters_and_simulators() {
+    let child = Command::new(BIN)
+        .args([
+            "bench",
+            "--workload",
+            "devices",
+            "--devices",
+            "1,3",
+            "--scale",
+            "0.002",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(child, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for n in [1, 3] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("BENCH workload=devices system=avbus ")
+                    && l.contains(&format!(" devices={n} "))
+            })
+            .unwrap_or_else(|| panic!("no BENCH line for {n} devices in\n{text}"));
+        let figure = |key: &str| {
+            line.split(' ')
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("no {key} in {line}"))
+        };
+        // Correctness, not speed: every command confirmed, both processes measured.
+        assert_eq!(figure("failed"), "0", "{line}");
+        let n: u64 = figure("n").parse().unwrap();
+        assert!(n >= 10, "at least ten commands measured: {line}");
+        for key in ["p99_us", "bus_cpu_pct", "sim_cpu_pct"] {
+            let v: f64 = figure(key).parse().unwrap();
+            assert!(v.is_finite(), "{line}");
+        }
+    }
+    // The devices workload runs its own bus.
+    let refused = Command::new(BIN)
+        .args(["bench", "--bus", "127.0.0.1:1", "--workload", "devices"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+}
+
+#[test]
 fn sim_runs_a_device_simulator_on_its_own() {
     use std::io::Read;
     let mut child = Command::new(BIN)

@@ -56,15 +56,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BufMut;
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use futures_util::SinkExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use super::proto::{ClientCodec, Command, ProtoError, Response};
+use super::proto::{Command, Response};
 use super::{SisError, Tie, TieKind, VerboseMode};
 use crate::config::DeviceConfig;
 use crate::devices::kit::{
@@ -73,6 +70,9 @@ use crate::devices::kit::{
 use crate::model::{ControlKind, ControlSpec, DeviceDescriptor, EnumOption};
 use crate::protocol::{CommandOp, ErrorCode};
 use crate::value::Value;
+use link::{open, recv, send, unexpected, write_error, Link};
+
+mod link;
 
 /// The name in `[[device]] driver = "..."` and in the descriptor.
 pub const DRIVER: &str = "extron-sis";
@@ -276,8 +276,6 @@ fn descriptor(s: &Settings, size: Option<MatrixSize>) -> DeviceDescriptor {
     }
 }
 
-type Link = Framed<TcpStream, ClientCodec>;
-
 /// A query of the poll, known again by the shape of its tagged answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Query {
@@ -310,143 +308,6 @@ impl Query {
 
 fn tie_value(input: u16) -> Value {
     Value::from(input.to_string())
-}
-
-fn write_error(e: ProtoError) -> DeviceError {
-    DeviceError::Unreachable(format!("writing to the switcher: {e}"))
-}
-
-async fn send(
-    io: &mut Link,
-    commands: impl IntoIterator<Item = Command>,
-) -> Result<(), DeviceError> {
-    for c in commands {
-        io.feed(c).await.map_err(write_error)?;
-    }
-    SinkExt::<Command>::flush(io).await.map_err(write_error)
-}
-
-/// The next response. Cancel-safe: `Framed` keeps partial lines in its buffer.
-async fn recv(io: &mut Link) -> Result<Response, DeviceError> {
-    match io.next().await {
-        Some(Ok(r)) => Ok(r),
-        Some(Err(ProtoError::Io(e))) => Err(DeviceError::Unreachable(format!(
-            "reading from the switcher: {e}"
-        ))),
-        Some(Err(e)) => Err(DeviceError::Protocol(e.to_string())),
-        None => Err(DeviceError::Unreachable(
-            "the switcher closed the connection".into(),
-        )),
-    }
-}
-
-fn unexpected(r: &Response, during: &str) -> DeviceError {
-    let text = match r {
-        Response::Banner(t) | Response::Value(t) => format!("`{}`", t.escape_debug()),
-        other => format!("{other:?}"),
-    };
-    DeviceError::Protocol(format!("unexpected {text} {during}"))
-}
-
-/// A line of the greeting that is not the one awaited: the banner and a date line are
-/// skipped, `E26` means the device is full, anything else is an error.
-fn greeting(r: &Response, during: &str) -> Result<(), DeviceError> {
-    match r {
-        Response::Banner(_) | Response::Value(_) => Ok(()),
-        Response::Error(SisError::MaxConnections) => Err(DeviceError::Unreachable(
-            "E26: the switcher serves its maximum of connections".into(),
-        )),
-        other => Err(unexpected(other, during)),
-    }
-}
-
-/// Connects, logs in, sets verbose mode 3 and reads the size.
-async fn open(s: &Settings) -> Result<(Link, MatrixSize), DeviceError> {
-    let stream = TcpStream::connect((s.host.as_str(), s.port))
-        .await
-        .map_err(|e| DeviceError::Unreachable(format!("{}:{}: {e}", s.host, s.port)))?;
-    // Commands are a few bytes each and wait for their answer.
-    let _ = stream.set_nodelay(true);
-    let mut io = Framed::new(stream, ClientCodec);
-    let verbose = Command::SetVerbose(VerboseMode::VerboseTagged);
-    match &s.password {
-        Some(password) => {
-            login(&mut io, password).await?;
-            send(&mut io, [verbose]).await?;
-        }
-        // Sent at once: a device that does ask for a password takes it as a wrong one
-        // and prompts again, which the loop below reports.
-        None => send(&mut io, [verbose]).await?,
-    }
-    loop {
-        match recv(&mut io).await? {
-            Response::Verbose(VerboseMode::VerboseTagged) => break,
-            Response::PasswordPrompt => {
-                return Err(DeviceError::Auth(
-                    "the switcher asks for a password and none is configured".into(),
-                ))
-            }
-            other => greeting(&other, "in answer to ESC 3CV CR")?,
-        }
-    }
-    send(&mut io, [Command::Information]).await?;
-    loop {
-        match recv(&mut io).await? {
-            Response::Value(info) => {
-                let size = MatrixSize::parse(&info).ok_or_else(|| {
-                    DeviceError::Protocol(format!(
-                        "`{}` is no matrix size (I answers like V8X8 A8X8)",
-                        info.escape_debug()
-                    ))
-                })?;
-                return Ok((io, size));
-            }
-            // Notices may already arrive; the first poll follows anyway.
-            Response::Tie(_)
-            | Response::TieAll { .. }
-            | Response::QuickTie
-            | Response::VideoMute { .. }
-            | Response::AudioMute { .. }
-            | Response::GlobalVideoMute(_)
-            | Response::GlobalAudioMute(_) => {}
-            other => return Err(unexpected(&other, "in answer to I")),
-        }
-    }
-}
-
-/// Waits for the prompt, sends the password and waits for `Login …`.
-async fn login(io: &mut Link, password: &str) -> Result<(), DeviceError> {
-    let prompt = async {
-        loop {
-            match recv(io).await? {
-                Response::PasswordPrompt => return Ok(()),
-                other => greeting(&other, "before the password prompt")?,
-            }
-        }
-    };
-    tokio::time::timeout(PROMPT_WAIT, prompt)
-        .await
-        .map_err(|_| {
-            DeviceError::Auth(format!(
-                "a password is configured but the switcher asked for none within {PROMPT_WAIT:?}"
-            ))
-        })??;
-    // The password is no command, so it bypasses the codec; nothing else is queued.
-    let buf = io.write_buffer_mut();
-    buf.put_slice(password.as_bytes());
-    buf.put_u8(b'\r');
-    SinkExt::<Command>::flush(io).await.map_err(write_error)?;
-    loop {
-        match recv(io).await? {
-            Response::Login(_) => return Ok(()),
-            Response::PasswordPrompt => {
-                return Err(DeviceError::Auth(
-                    "the switcher refused the password (it asked again)".into(),
-                ))
-            }
-            other => greeting(&other, "in answer to the password")?,
-        }
-    }
 }
 
 /// Connects to a switcher once and reads its size (the `I` command).
@@ -927,72 +788,5 @@ async fn supervise(host: Host, s: Arc<Settings>, cancel: CancellationToken) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn control_names_round_trip_and_are_topic_levels() {
-        let s = MatrixSize {
-            inputs: 8,
-            outputs: 12,
-            audio: true,
-        };
-        assert_eq!(control_name(s, 3, Part::Video), "out03_video");
-        assert_eq!(control_name(s, 12, Part::AudioMute), "out12_audio_mute");
-        let wide = MatrixSize { outputs: 128, ..s };
-        assert_eq!(control_name(wide, 7, Part::Audio), "out007_audio");
-        for o in 1..=12 {
-            for p in Part::ALL {
-                let n = control_name(s, o, p);
-                crate::model::check_level("control", &n).unwrap();
-                assert_eq!(parse_control(s, &n), Some((o, p)));
-            }
-        }
-        for bad in [
-            "out3_video",
-            "out13_video",
-            "out00_video",
-            "out01_gain",
-            "online",
-        ] {
-            assert_eq!(parse_control(s, bad), None, "{bad}");
-        }
-        let video_only = MatrixSize { audio: false, ..s };
-        assert_eq!(parse_control(video_only, "out01_audio"), None);
-    }
-
-    #[test]
-    fn device_errors_map_to_command_answers_or_a_broken_link() {
-        use SisError as E;
-        let cases = [
-            (E::InvalidInput, Some(ErrorCode::InvalidValue)),
-            (E::InvalidOutput, Some(ErrorCode::InvalidValue)),
-            (E::InvalidValue, Some(ErrorCode::InvalidValue)),
-            (E::Busy, Some(ErrorCode::Busy)),
-            (E::Timeout, Some(ErrorCode::Timeout)),
-            (E::PrivilegeViolation, Some(ErrorCode::Forbidden)),
-            (E::InvalidCommand, None),
-            (E::Other(28), None),
-        ];
-        for (e, code) in cases {
-            assert_eq!(refusal(e, "out01_video").ok().map(|f| f.code), code, "{e}");
-        }
-    }
-
-    #[test]
-    fn commands_match_only_their_own_response() {
-        let parse = super::super::proto::parse_line;
-        let tie = Command::Tie(Tie::new(3, 2, TieKind::Video));
-        assert!(answers(&tie, &parse(b"Out02 In03 Vid")));
-        assert!(!answers(&tie, &parse(b"Out02 In03 Aud")));
-        assert!(!answers(&tie, &parse(b"Out02 In04 Vid")));
-        let mute = Command::AudioMute {
-            output: 2,
-            mute: true,
-        };
-        assert!(answers(&mute, &parse(b"Amt02*1")));
-        // The front panel's form of the notice says the same.
-        assert!(answers(&mute, &parse(b"Amt02 1")));
-        assert!(!answers(&mute, &parse(b"Vmt02*1")));
-    }
-}
+#[path = "adapter_tests.rs"]
+mod tests;

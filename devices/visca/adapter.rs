@@ -58,9 +58,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::proto::{
-    decode_datagram, Answer, Command, Control, ControlError, ControlReply, Datagram, Direction,
-    Escaped, Inquiry, Payload, PayloadType, Power, PresetAction, Reply, Seq, Speed, ViscaError,
-    Zoom, PORT,
+    Answer, Command, Direction, Inquiry, Power, PresetAction, Seq, Speed, ViscaError, Zoom, PORT,
 };
 use crate::config::DeviceConfig;
 use crate::devices::kit::{
@@ -69,6 +67,9 @@ use crate::devices::kit::{
 use crate::model::{Access, ControlKind, ControlSpec, DeviceDescriptor, EnumOption};
 use crate::protocol::{CommandOp, ErrorCode};
 use crate::value::{as_number, Value};
+use engine::{decode, Event, Expect, Link, Outcome};
+
+mod engine;
 
 /// Position poll interval unless `poll_ms` says otherwise: positions only reach
 /// panels through inquiries, so this is how late a move made at the camera shows.
@@ -201,15 +202,6 @@ impl ViscaSettings {
     }
 }
 
-/// The open UDP link and its numbering.
-struct Link {
-    socket: UdpSocket,
-    /// The number the next message gets, and the one the last got.
-    next: Seq,
-    last: Seq,
-    buf: Box<[u8]>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Axis {
     Pan = 0,
@@ -256,38 +248,6 @@ struct Switch {
     since: Instant,
 }
 
-/// What the camera said, as far as this driver cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Event {
-    Ack,
-    Completion,
-    Refused(ViscaError),
-    Data(Payload),
-    /// Control `ERROR 0F 01`.
-    SequenceError,
-    /// Control `ERROR 0F 02`.
-    TypeError,
-    /// The control reply to `RESET`.
-    ResetDone,
-}
-
-/// What a message waits for: a command its ACK, then its completion for at most this
-/// long; an inquiry its answer.
-#[derive(Debug, Clone, Copy)]
-enum Expect {
-    Completion(Duration),
-    Answer(Inquiry),
-}
-
-/// How a message ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    /// A command the camera took; true if its completion came in time.
-    Accepted(bool),
-    Answer(Answer),
-    Refused(ViscaError),
-}
-
 /// A VISCA-over-IP camera driven through the adapter kit.
 pub struct ViscaDriver {
     settings: ViscaSettings,
@@ -305,153 +265,6 @@ impl ViscaDriver {
     /// As [`check`].
     pub fn new(d: &DeviceConfig) -> Result<ViscaDriver, String> {
         ViscaSettings::from_device(d).map(|s| s.driver())
-    }
-
-    /// Sends one message and waits for what `expect` says, retransmitting as the
-    /// module documentation describes.
-    async fn request(&mut self, payload: Payload, expect: Expect) -> Result<Outcome, DeviceError> {
-        let Retry { try_timeout, tries } = self.settings.retry;
-        let kind = match expect {
-            Expect::Completion(_) => PayloadType::Command,
-            Expect::Answer(_) => PayloadType::Inquiry,
-        };
-        // Bounded, so that no camera can keep the driver asking forever.
-        let (mut resets, mut reasks) = (0, 0);
-        'message: loop {
-            let seq = self.take_seq()?;
-            let bytes = Datagram::new(kind, seq, payload).encode();
-            for attempt in 1..=tries.max(1) {
-                self.send(&bytes).await?;
-                let deadline = Instant::now() + try_timeout;
-                while let Some(event) = self.recv_for(Some(seq), deadline).await? {
-                    // `0F 01` to a retransmission: performed, only the reply was lost.
-                    let lost = attempt > 1 && event == Event::SequenceError;
-                    match (event, expect) {
-                        (Event::Refused(e), _) => return Ok(Outcome::Refused(e)),
-                        (Event::Completion, Expect::Completion(_)) => {
-                            return Ok(Outcome::Accepted(true))
-                        }
-                        (Event::Ack, Expect::Completion(wait)) => {
-                            return self.completion(seq, wait).await
-                        }
-                        (Event::SequenceError, Expect::Completion(wait)) if lost => {
-                            tracing::debug!(camera = %self.camera, %seq, "command performed, reply lost");
-                            return self.completion(seq, wait).await;
-                        }
-                        (Event::SequenceError, Expect::Answer(_)) if lost && reasks < tries => {
-                            tracing::debug!(camera = %self.camera, %seq, "answer lost: asking again");
-                            reasks += 1;
-                            continue 'message;
-                        }
-                        (Event::Data(data), Expect::Answer(inquiry)) => {
-                            match Answer::decode(inquiry, data.as_bytes()) {
-                                Ok(answer) => return Ok(Outcome::Answer(answer)),
-                                Err(e) => {
-                                    tracing::warn!(camera = %self.camera, %seq, error = %e, "bad answer ignored")
-                                }
-                            }
-                        }
-                        // The camera does not know our numbering (it restarted).
-                        (Event::SequenceError, _) if !lost && resets == 0 => {
-                            tracing::info!(camera = %self.camera, %seq, "sequence number refused: RESET");
-                            resets += 1;
-                            self.reset().await?;
-                            continue 'message;
-                        }
-                        (Event::SequenceError | Event::TypeError, _) => {
-                            let what = Escaped::new(payload.as_bytes());
-                            let why = format!("{}: {event:?} for {what}", self.camera);
-                            return Err(DeviceError::Protocol(why));
-                        }
-                        (other, _) => {
-                            tracing::debug!(camera = %self.camera, %seq, ?other, "unexpected reply")
-                        }
-                    }
-                }
-                tracing::debug!(camera = %self.camera, %seq, attempt, "no answer: retransmitting");
-            }
-            let what = Escaped::new(payload.as_bytes());
-            let why = format!("{}: no answer to {what} after {tries} tries", self.camera);
-            return Err(DeviceError::Unreachable(why));
-        }
-    }
-
-    /// After a command was accepted: its completion, for at most `wait`.
-    async fn completion(&mut self, seq: Seq, wait: Duration) -> Result<Outcome, DeviceError> {
-        let deadline = Instant::now() + wait;
-        while let Some(event) = self.recv_for(Some(seq), deadline).await? {
-            match event {
-                Event::Completion => return Ok(Outcome::Accepted(true)),
-                // E.g. cancelled from another controller: it did not finish.
-                Event::Refused(e) => return Ok(Outcome::Refused(e)),
-                // A late ACK or `0F 01` to one of our own retransmissions.
-                _ => {}
-            }
-        }
-        Ok(Outcome::Accepted(false))
-    }
-
-    /// Control `RESET`, retransmitted like any message; numbering restarts at 1.
-    async fn reset(&mut self) -> Result<(), DeviceError> {
-        let Retry { try_timeout, tries } = self.settings.retry;
-        // The camera ignores the header's number; 1 as companion-module-sony-visca sends.
-        let bytes = Datagram::control(Seq(1), Control::Reset).encode();
-        for _ in 0..tries.max(1) {
-            self.send(&bytes).await?;
-            let deadline = Instant::now() + try_timeout;
-            while let Some(event) = self.recv_for(None, deadline).await? {
-                if let (Event::ResetDone, Some(link)) = (event, &mut self.link) {
-                    link.next = Seq(1);
-                    return Ok(());
-                }
-            }
-        }
-        let why = format!("{}: no reply to RESET after {tries} tries", self.camera);
-        Err(DeviceError::Unreachable(why))
-    }
-
-    fn take_seq(&mut self) -> Result<Seq, DeviceError> {
-        let link = self.link.as_mut().ok_or_else(not_connected)?;
-        (link.last, link.next) = (link.next, link.next.next());
-        Ok(link.last)
-    }
-
-    /// Sends one datagram. An ICMP error from an earlier one ("port unreachable")
-    /// counts as this copy being lost.
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), DeviceError> {
-        let link = self.link.as_ref().ok_or_else(not_connected)?;
-        match link.socket.send(bytes).await {
-            Err(e) if e.kind() != io::ErrorKind::ConnectionRefused => {
-                Err(DeviceError::Unreachable(format!("{}: {e}", self.camera)))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// The next event for `seq` (any number when `None`) before `deadline`; `None` at
-    /// the deadline or when the camera's port is unreachable. Datagrams for other
-    /// numbers are logged and dropped.
-    async fn recv_for(
-        &mut self,
-        seq: Option<Seq>,
-        deadline: Instant,
-    ) -> Result<Option<Event>, DeviceError> {
-        loop {
-            let link = self.link.as_mut().ok_or_else(not_connected)?;
-            let n = match tokio::time::timeout_at(deadline, link.socket.recv(&mut link.buf)).await {
-                Err(_) => return Ok(None),
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(None),
-                Ok(Err(e)) => return Err(DeviceError::Unreachable(format!("receive: {e}"))),
-            };
-            match decode(&self.camera, &link.buf[..n]) {
-                Some((got, event)) if seq.is_none_or(|want| want == got) => return Ok(Some(event)),
-                Some((got, event)) => {
-                    self.stray(got, event);
-                }
-                None => {}
-            }
-        }
     }
 
     /// A datagram for no message in flight; true if it completed a power switch.
@@ -736,40 +549,6 @@ fn preset_number(args: &Value) -> Option<u8> {
     let n = as_number(n).filter(|f| f.fract() == 0.0)?;
     let ok = (0.0..=f64::from(MAX_PRESET)).contains(&n);
     ok.then_some(n as u8)
-}
-
-/// Decodes a datagram from the camera into its number and event; logs and drops
-/// anything undecodable or not meant for a controller.
-fn decode(camera: &str, bytes: &[u8]) -> Option<(Seq, Event)> {
-    let decoded = decode_event(bytes);
-    if let Err(error) = &decoded {
-        tracing::warn!(camera, bytes = %Escaped::new(bytes), %error, "undecodable datagram ignored");
-    }
-    decoded.ok()
-}
-
-fn decode_event(bytes: &[u8]) -> Result<(Seq, Event), String> {
-    let dg = decode_datagram(bytes).map_err(|e| e.to_string())?;
-    let payload = dg.payload.as_bytes();
-    let event = match dg.kind {
-        PayloadType::Reply => match Reply::decode(payload).map_err(|e| e.to_string())? {
-            Reply::Ack(_) => Event::Ack,
-            Reply::Completion(_) => Event::Completion,
-            Reply::Error(_, e) => Event::Refused(e),
-            Reply::Data(data) => Event::Data(data),
-        },
-        PayloadType::Control => match Control::decode(payload).map_err(|e| e.to_string())? {
-            Control::Error(ControlError::Sequence) => Event::SequenceError,
-            Control::Error(ControlError::MessageType) => Event::TypeError,
-            Control::Reset => return Err("a RESET from the camera".into()),
-        },
-        PayloadType::ControlReply => {
-            ControlReply::decode(payload).map_err(|e| e.to_string())?;
-            Event::ResetDone
-        }
-        other => return Err(format!("a {other:?} message from the camera")),
-    };
-    Ok((dg.seq, event))
 }
 
 /// The descriptor of a VISCA camera at `room/name`.

@@ -113,7 +113,7 @@ impl Conn for AvbusConn {
 }
 
 /// Waits for the next update on `sub`, or `None` after [`WAIT`].
-async fn next_update(sub: &mut Subscription) -> Option<crate::protocol::Update> {
+pub(super) async fn next_update(sub: &mut Subscription) -> Option<crate::protocol::Update> {
     loop {
         match tokio::time::timeout(WAIT, sub.next()).await {
             Ok(Some(SubEvent::Update(u))) => return Some(u),

@@ -9,6 +9,7 @@
 
 mod avbus;
 mod telemetry;
+mod devices;
 mod workloads;
 
 use std::process::{Child, Command, Stdio};
@@ -21,6 +22,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
 pub use self::avbus::{command, AvbusTransport};
+pub use self::devices::{devices, NAME as DEVICES, STEPS as DEVICE_STEPS};
 pub use workloads::{connections, fanin, fanout, rtt, site, snapshot, throughput};
 
 /// Payload size of every benchmark message, as in the peers' workloads.
@@ -118,7 +120,8 @@ pub struct BenchConfig {
     pub scale: f64,
 }
 
-/// The workloads `avbus bench` knows, in the order they run.
+/// The workloads `avbus bench` runs against a bus, in the order they run ([`DEVICES`]
+/// starts its own bus and runs only when named).
 pub const WORKLOADS: &[&str] = &[
     "rtt",
     "throughput",
@@ -278,21 +281,7 @@ impl OwnBus {
     /// # Errors
     /// If the process cannot start or prints no ready line.
     pub fn start_with(exe: &std::path::Path, args: &[&str]) -> std::io::Result<OwnBus> {
-        use std::io::BufRead;
-        let mut child = Command::new(exe)
-            .args(args)
-            .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| std::io::Error::other("no stdout"))?;
-        let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line)?;
-        let ready: serde_json::Value = serde_json::from_str(&line)
-            .map_err(|e| std::io::Error::other(format!("ready line: {e}")))?;
+        let (child, ready) = spawn_ready(exe, args)?;
         let addr = ready["ready"]["tcp"]
             .as_str()
             .ok_or_else(|| std::io::Error::other("no address in the ready line"))?
@@ -310,6 +299,51 @@ impl Drop for OwnBus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Longest a child process may take to print its ready line.
+const READY_WAIT: Duration = Duration::from_secs(60);
+
+/// Starts `exe ARGS --listen 127.0.0.1:0 --log-level warn` and waits (at most
+/// [`READY_WAIT`], blocking) for its first stdout line, a JSON `{"ready": …}` object.
+/// The child is killed if it prints none.
+///
+/// # Errors
+/// If the process cannot start or prints no ready line in time.
+pub fn spawn_ready(
+    exe: &std::path::Path,
+    args: &[&str],
+) -> std::io::Result<(Child, serde_json::Value)> {
+    use std::io::BufRead;
+    let mut child = Command::new(exe)
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let read = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(read.map(|_| line));
+    });
+    let ready = match rx.recv_timeout(READY_WAIT) {
+        Ok(Ok(line)) => serde_json::from_str(&line)
+            .map_err(|e| std::io::Error::other(format!("ready line: {e}"))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::other(format!(
+            "no ready line within {READY_WAIT:?}"
+        ))),
+    };
+    if ready.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    ready.map(|ready| (child, ready))
 }
 
 /// Renders rows as markdown: one table per workload, one row per system, the
