@@ -8,8 +8,8 @@
 //! loop is bounded in count and in time.
 
 mod avbus;
-mod telemetry;
 mod devices;
+mod telemetry;
 mod workloads;
 
 use std::process::{Child, Command, Stdio};
