@@ -1,6 +1,6 @@
 //! The Extron SIS matrix-switcher adapter: one [`ExtronDriver`] per switcher, run by
 //! the adapter kit ([`super::super::kit`]), speaking SIS over Telnet (TCP 23, or an
-//! IP-to-serial gateway) through [`ClientCodec`].
+//! IP-to-serial gateway) through [`ClientCodec`](super::proto::ClientCodec).
 //!
 //! # Controls
 //! The device is declared with class `switcher` and driver `extron-sis`. For every

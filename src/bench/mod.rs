@@ -304,8 +304,8 @@ impl Drop for OwnBus {
 /// Longest a child process may take to print its ready line.
 const READY_WAIT: Duration = Duration::from_secs(60);
 
-/// Starts `exe ARGS --listen 127.0.0.1:0 --log-level warn` and waits (at most
-/// [`READY_WAIT`], blocking) for its first stdout line, a JSON `{"ready": …}` object.
+/// Starts `exe ARGS --listen 127.0.0.1:0 --log-level warn` and waits (blocking, at
+/// most a minute) for its first stdout line, a JSON `{"ready": …}` object.
 /// The child is killed if it prints none.
 ///
 /// # Errors
