@@ -5,8 +5,11 @@
 //! it. Adapters use the ordinary client library, so the same code runs inside the bus
 //! (over an in-process [`crate::bus::LocalConnector`]) or as its own process over TCP.
 //!
-//! * [`virtual_room`]: a simulated room (projector, mixer, camera) that needs no
-//!   hardware; it is what `avbus demo` runs until the real protocol adapters land.
+//! * [`kit`]: the `Driver` trait and the `Host` runtime every adapter runs on;
+//! * one module per protocol, each with its codec, simulator and adapter:
+//!   [`pjlink`], [`extron`], [`qrc`], [`visca`], [`x32`];
+//! * [`virtual_room`]: the `virtual` driver, devices with no hardware at all;
+//! * [`registry`]: `[[device]]` driver names → adapters; [`sims`]: `avbus sim`;
 //! * [`demo`]: `avbus demo` itself.
 
 pub mod demo;

@@ -10,7 +10,7 @@
 //! * [`gateway`]: HTTP and WebSocket for browsers (the panel, the JavaScript client);
 //! * [`client`]: the Rust client library for panels, adapters and tools;
 //! * [`cli`]: the `avbus` command line;
-//! * [`bench`]: the avbus benchmark workloads behind `avbus bench`;
+//! * [`mod@bench`]: the avbus benchmark workloads behind `avbus bench`;
 //! * [`devices`]: adapters and simulators (the `devices/` directory at the top level).
 //!
 //! `docs/architecture.md` explains the tasks, channels and their bounds.

@@ -1,4 +1,4 @@
-//! The `avbus` binary end to end: `demo` with its virtual room, driven by the CLI
+//! The `avbus` binary end to end: `demo` with its simulated devices, driven by the CLI
 //! commands an integrator types, checking their output and exit codes.
 
 use std::io::{BufRead, BufReader};
