@@ -6,6 +6,8 @@
 //! * [`model`]: device descriptors, typed controls, command validation;
 //! * [`protocol`]: the wire messages and their framing;
 //! * [`config`]: the TOML configuration and its defaults;
+//! * [`auth`]: credentials, the rules attached to them, guessing backoff;
+//! * [`tls`]: rustls on the bus's listeners and in the client;
 //! * [`bus`]: the bus process (listeners, router, connections, outboxes);
 //! * [`client`]: the Rust client library for panels, adapters and tools;
 //! * [`cli`]: the `avbus` command line;
@@ -14,6 +16,7 @@
 //!
 //! `docs/architecture.md` explains the tasks, channels and their bounds.
 
+pub mod auth;
 pub mod bench;
 pub mod bus;
 pub mod cli;
@@ -24,5 +27,6 @@ pub mod devices;
 pub mod model;
 pub mod protocol;
 pub mod telemetry;
+pub mod tls;
 pub mod topic;
 pub mod value;

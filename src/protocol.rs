@@ -98,6 +98,8 @@ pub enum ErrorCode {
     Forbidden,
     /// Credentials refused at the handshake.
     Unauthorized,
+    /// A plaintext client on a TLS port (sent in plaintext, then the bus closes).
+    TlsRequired,
     // Protocol errors.
     /// Bytes that are not a MessagePack map with a known `t`.
     BadFrame,
@@ -144,6 +146,7 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TlsRequired => "tls_required",
             ErrorCode::BadFrame => "bad_frame",
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::BadMessage => "bad_message",

@@ -218,6 +218,44 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// Whether some topic matches both filters (both assumed valid). Used to refuse a
+/// subscription that could never deliver anything the client may read.
+pub fn intersects(a: &str, b: &str) -> bool {
+    // A filter starting with a wildcard matches no `$` name, so it shares nothing with
+    // a filter whose first level is a literal `$` name.
+    let wild = |f: &str| f.starts_with('+') || f.starts_with('#');
+    if (wild(a) && b.starts_with('$')) || (wild(b) && a.starts_with('$')) {
+        return false;
+    }
+    let mut x = a.split('/');
+    let mut y = b.split('/');
+    loop {
+        match (x.next(), y.next()) {
+            (Some("#"), _) | (_, Some("#")) | (None, None) => return true,
+            (Some(l), Some(r)) if l == "+" || r == "+" || l == r => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Whether every topic matching `inner` also matches `outer` (both assumed valid).
+/// A subscription covered by a read rule needs no per-topic check on delivery.
+pub fn covers(outer: &str, inner: &str) -> bool {
+    let wild = |f: &str| f.starts_with('+') || f.starts_with('#');
+    if wild(outer) && inner.starts_with('$') {
+        return false;
+    }
+    let mut o = outer.split('/');
+    let mut i = inner.split('/');
+    loop {
+        match (o.next(), i.next()) {
+            (Some("#"), _) | (None, None) => return true,
+            (Some(ol), Some(il)) if il != "#" && (ol == "+" || ol == il) => {}
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +300,33 @@ mod tests {
         assert!(!matches("+/x", "$sys/x"));
         assert!(matches("$sys/#", "$sys/x"));
         assert!(!matches("a/b", "a/b/c"));
+    }
+
+    #[test]
+    fn intersecting_filters() {
+        assert!(intersects("#", "hall/x"));
+        assert!(intersects("+/+/power", "boardroom/#"));
+        assert!(intersects("a", "a/#"));
+        assert!(intersects("a/+", "+/b"));
+        assert!(!intersects("hall/#", "boardroom/#"));
+        assert!(!intersects("a/b", "a/b/c"));
+        assert!(!intersects("#", "$sys/#"));
+        assert!(!intersects("+/x", "$sys/x"));
+        assert!(intersects("$sys/#", "$sys/x"));
+        assert!(intersects("$devices/+/+", "$devices/boardroom/#"));
+    }
+
+    #[test]
+    fn covering_filters() {
+        assert!(covers("boardroom/#", "boardroom/+/power"));
+        assert!(covers("boardroom/#", "boardroom"));
+        assert!(covers("+/+/power", "a/b/power"));
+        assert!(covers("#", "a/#"));
+        assert!(!covers("#", "$sys/#"));
+        assert!(!covers("boardroom/#", "#"));
+        assert!(!covers("boardroom/+", "boardroom/#"));
+        assert!(!covers("a/b", "a/+"));
+        assert!(!covers("a", "a/#"));
+        assert!(covers("$sys/#", "$sys/x"));
     }
 }
