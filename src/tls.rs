@@ -138,7 +138,10 @@ impl ServerTls {
     ) -> Result<(ServerStream, Option<[u8; 32]>), AcceptError> {
         let handshake = async {
             let mut first = [0u8; 1];
-            let n = stream.peek(&mut first).await.map_err(AcceptError::Handshake)?;
+            let n = stream
+                .peek(&mut first)
+                .await
+                .map_err(AcceptError::Handshake)?;
             if n == 1 && first[0] != TLS_HANDSHAKE {
                 let f = frame(&BusMsg::Error {
                     id: None,

@@ -14,7 +14,9 @@ mod backoff;
 mod token;
 
 pub use backoff::Backoff;
-pub use token::{fingerprint_hex, hash_token, new_token, parse_fingerprint, Authenticator};
+pub use token::{
+    fingerprint_hex, hash_token, new_token, parse_fingerprint, AuthRefusal, Authenticator,
+};
 
 use std::sync::Arc;
 

@@ -151,7 +151,9 @@ impl Authenticator {
         let anonymous = match &auth.anonymous {
             Some(r) => {
                 if r.token_hash.is_some() || r.cert_sha256.is_some() {
-                    return Err("[auth.anonymous]: takes rules only, no token_hash or cert_sha256".into());
+                    return Err(
+                        "[auth.anonymous]: takes rules only, no token_hash or cert_sha256".into(),
+                    );
                 }
                 let rules = ClientRules {
                     name: "anonymous".into(),
@@ -303,7 +305,10 @@ mod tests {
         let mut open = Config::default();
         open.listen.tcp = "0.0.0.0:7420".parse().unwrap();
         let e = Authenticator::new(&open).err().unwrap();
-        assert!(e.contains("beyond loopback") && e.contains("[auth.anonymous]"), "{e}");
+        assert!(
+            e.contains("beyond loopback") && e.contains("[auth.anonymous]"),
+            "{e}"
+        );
         open.auth.anonymous = Some(ClientRules {
             all: true,
             ..ClientRules::default()
@@ -338,7 +343,10 @@ mod tests {
             .chunks(2)
             .map(|c| String::from_utf8_lossy(c).to_uppercase())
             .collect();
-        assert_eq!(parse_fingerprint(&hexed), parse_fingerprint(&colons.join(":")));
+        assert_eq!(
+            parse_fingerprint(&hexed),
+            parse_fingerprint(&colons.join(":"))
+        );
         assert!(parse_fingerprint(&hexed).is_some());
         assert!(parse_fingerprint("abc").is_none());
     }

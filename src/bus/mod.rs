@@ -10,10 +10,12 @@
 //! [`start`] binds and spawns everything and returns a [`BusHandle`]; [`serve`] runs
 //! until a shutdown future resolves, then says goodbye to every client.
 
-mod connection;
+pub mod connection;
 mod devices;
+pub mod guard;
 pub mod outbox;
 mod replay;
+mod rooms;
 pub mod router;
 mod subs;
 pub mod telemetry;
@@ -29,12 +31,15 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use connection::codec;
+pub use connection::{codec, Peer};
 use connection::{handle, ConnCtx};
+use guard::{bump, AddressSlots, GuardStats};
 use router::{Router, ROUTER_QUEUE};
 
+use crate::auth::{Authenticator, Backoff, Grant};
 use crate::config::Config;
 use crate::protocol::{frame, BusMsg, Epoch, ErrorCode};
+use crate::tls::ServerTls;
 
 /// Bytes buffered in each direction of an in-process connection.
 const LOCAL_PIPE: usize = 256 * 1024;
@@ -44,10 +49,16 @@ const LOCAL_BACKLOG: usize = 64;
 /// Opens in-process connections to a running bus, for adapters hosted inside it.
 /// They speak the same protocol over a `tokio::io::duplex` pipe, so an adapter runs
 /// unchanged in-process or as its own process over TCP.
+///
+/// In-process clients present no credentials: the connector carries the rules the
+/// host gives them. [`BusHandle::local`] gives everything (the host is the bus's own
+/// code); [`LocalConnector::with_grant`] narrows it, e.g. to declaring only the
+/// devices of the configuration ([`Grant::adapter_for`]).
 #[derive(Clone)]
 pub struct LocalConnector {
-    tx: mpsc::Sender<DuplexStream>,
+    tx: mpsc::Sender<(DuplexStream, Arc<Grant>)>,
     hub: telemetry::HubHandle,
+    grant: Arc<Grant>,
 }
 
 impl LocalConnector {
@@ -57,10 +68,18 @@ impl LocalConnector {
         self.hub.clone()
     }
 
+    /// The same connector, for clients with these rules.
+    pub fn with_grant(&self, grant: Arc<Grant>) -> LocalConnector {
+        LocalConnector {
+            grant,
+            ..self.clone()
+        }
+    }
+
     /// Opens a connection; `None` when the bus has stopped.
     pub async fn connect(&self) -> Option<DuplexStream> {
         let (ours, theirs) = tokio::io::duplex(LOCAL_PIPE);
-        self.tx.send(theirs).await.ok()?;
+        self.tx.send((theirs, self.grant.clone())).await.ok()?;
         Some(ours)
     }
 }
@@ -73,7 +92,10 @@ pub struct BusHandle {
     pub udp: SocketAddr,
     /// This run's epoch.
     pub epoch: Epoch,
+    /// Whether the TCP listener speaks TLS.
+    pub tls: bool,
     local: LocalConnector,
+    guard: Arc<GuardStats>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -84,9 +106,16 @@ impl BusHandle {
         self.local.hub()
     }
 
-    /// A connector for in-process clients.
+    /// A connector for in-process clients, allowed everything (see
+    /// [`LocalConnector::with_grant`]).
     pub fn local(&self) -> LocalConnector {
         self.local.clone()
+    }
+
+    /// The refusal counters also published under `$sys/auth`, `$sys/limits`,
+    /// `$sys/tls`.
+    pub fn guard_stats(&self) -> Arc<GuardStats> {
+        self.guard.clone()
     }
 
     /// The token that stops the bus when cancelled.
@@ -111,8 +140,22 @@ impl BusHandle {
 /// Binds the listeners and starts the router; returns once everything is bound.
 ///
 /// # Errors
-/// The bind error, naming the address.
+/// The bind error, naming the address; an `[auth]` or `[tls]` configuration that
+/// cannot be used (`InvalidInput`), including a bus listening beyond loopback with
+/// no credentials and no explicit anonymous access.
 pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let auth = Authenticator::new(&cfg).map_err(invalid)?;
+    let tls = match &cfg.tls {
+        Some(t) => Some(ServerTls::load(t).map_err(|e| invalid(format!("[tls]: {e}")))?),
+        None => None,
+    };
+    let backoff = Arc::new(Backoff::new(
+        Duration::from_millis(cfg.auth.backoff_ms),
+        Duration::from_millis(cfg.auth.backoff_max_ms),
+        cfg.auth.tracked_addresses,
+    ));
+    let guard = Arc::new(GuardStats::default());
     let cfg = Arc::new(cfg);
     let listener = TcpListener::bind(cfg.listen.tcp).await.map_err(|e| {
         std::io::Error::new(
@@ -125,10 +168,21 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    let hub = telemetry::start(&cfg, cfg.listen.udp_addr(), cancel.clone(), &tracker)?;
+    let hub = telemetry::start(
+        &cfg,
+        cfg.listen.udp_addr(),
+        cancel.clone(),
+        &tracker,
+        guard.clone(),
+    )?;
     let udp = hub.udp;
     let (router_tx, router_rx) = mpsc::channel(ROUTER_QUEUE);
-    let router = Router::new(cfg.clone(), epoch, hub.clone());
+    let router = Router::new(
+        cfg.clone(),
+        epoch,
+        hub.clone(),
+        (guard.clone(), backoff.clone()),
+    );
     let router_cancel = cancel.clone();
     tracker.spawn(router.run(router_rx, router_cancel));
 
@@ -138,6 +192,11 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
         router: router_tx,
         hub: hub.clone(),
         next_conn: AtomicU64::new(1),
+        auth,
+        backoff,
+        guard: guard.clone(),
+        slots: AddressSlots::new(cfg.limits.max_connections_per_address),
+        tls,
     });
     tracker.spawn(accept_loop(
         listener,
@@ -151,10 +210,13 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
         tcp,
         udp,
         epoch,
+        tls: cfg.tls.is_some(),
         local: LocalConnector {
             tx: local_tx,
             hub: hub.clone(),
+            grant: Grant::everything("in-process"),
         },
+        guard,
         cancel,
         tracker,
     })
@@ -162,7 +224,7 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
 
 async fn accept_loop(
     listener: TcpListener,
-    mut local: mpsc::Receiver<DuplexStream>,
+    mut local: mpsc::Receiver<(DuplexStream, Arc<Grant>)>,
     ctx: Arc<ConnCtx>,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -172,19 +234,23 @@ async fn accept_loop(
         tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((mut stream, peer)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        tracker.spawn(async move {
-                            let f = frame(&BusMsg::Error { id: None, code: ErrorCode::Limit, message: "too many connections".into() });
-                            let _ = stream.write_all(&f).await;
-                        });
+                        bump(&ctx.guard.connections_refused);
+                        tracker.spawn(refuse(stream, "too many connections".into()));
+                        continue;
+                    };
+                    let Some(slot) = ctx.slots.acquire(peer.ip()) else {
+                        bump(&ctx.guard.address_refused);
+                        let why = format!("too many connections from {}", peer.ip());
+                        tracker.spawn(refuse(stream, why));
                         continue;
                     };
                     let ctx = ctx.clone();
                     tracker.spawn(async move {
-                        handle(stream, peer.to_string(), Some(peer.ip()), ctx).await;
-                        drop(permit);
+                        serve_tcp(stream, peer, ctx).await;
+                        drop((permit, slot));
                     });
                 }
                 Err(e) => {
@@ -194,10 +260,37 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some(pipe) = local.recv() => {
+            Some((pipe, grant)) = local.recv() => {
                 let ctx = ctx.clone();
-                tracker.spawn(handle(pipe, "in-process".into(), None, ctx));
+                tracker.spawn(handle(pipe, Peer::Local(grant), ctx));
             }
+        }
+    }
+}
+
+/// Tells a connection over a limit why, before any handshake, and drops it.
+async fn refuse(mut stream: tokio::net::TcpStream, message: String) {
+    let f = frame(&BusMsg::Error {
+        id: None,
+        code: ErrorCode::Limit,
+        message,
+    });
+    let _ = stream.write_all(&f).await;
+}
+
+/// One accepted TCP connection: TLS first when configured (within the handshake
+/// deadline), then the protocol.
+async fn serve_tcp(stream: tokio::net::TcpStream, addr: SocketAddr, ctx: Arc<ConnCtx>) {
+    let Some(tls) = &ctx.tls else {
+        return handle(stream, Peer::Net { addr, cert: None }, ctx).await;
+    };
+    let deadline = Duration::from_millis(ctx.cfg.session.handshake_ms);
+    match tls.accept(stream, deadline).await {
+        Ok((stream, cert)) => handle(stream, Peer::Net { addr, cert }, ctx).await,
+        Err(crate::tls::AcceptError::Plaintext) => bump(&ctx.guard.tls_plaintext),
+        Err(e) => {
+            bump(&ctx.guard.tls_failed);
+            tracing::debug!(peer = %addr, error = %e, "TLS refused");
         }
     }
 }
@@ -227,6 +320,7 @@ pub fn ready_line(handle: &BusHandle) -> String {
             "tcp": handle.tcp.to_string(),
             "udp": handle.udp.to_string(),
             "epoch": handle.epoch.0,
+            "tls": handle.tls,
             "pid": std::process::id(),
         }
     })

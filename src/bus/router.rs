@@ -19,15 +19,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use super::devices::{DeviceEntry, PendingCmd};
+use super::guard::{bump, GuardStats};
 use super::outbox::{Outbox, OutboxStats, Pushed};
 use super::replay::ReplayLog;
 use super::subs::SubTree;
 use super::telemetry::HubHandle;
+use crate::auth::{Backoff, Grant};
 use crate::config::Config;
 use crate::model::Quality;
 use crate::protocol::{
-    encode_frame, frame, now_ms, BusMsg, ClientMsg, Epoch, ErrorCode, Member, Resume, Role, Seq,
-    SessionId, UpdateRef,
+    encode_frame, frame, now_ms, BusMsg, ClientMsg, Epoch, ErrorCode, Resume, Role, Seq, SessionId,
+    UpdateRef,
 };
 use crate::topic::{Filter, Topic};
 use crate::value::Value;
@@ -41,9 +43,6 @@ const BATCH: usize = 512;
 /// again without running twice.
 const ANSWER_CACHE: usize = 256;
 
-/// Rooms one session may be in (a panel is in one or a few).
-const MAX_ROOMS: usize = 256;
-
 /// Identifies one TCP (or in-process) connection, to ignore messages from a
 /// connection that a resume has replaced.
 pub type ConnId = u64;
@@ -55,6 +54,8 @@ pub struct Hello {
     pub resume: Option<Resume>,
     /// This connection's telemetry token (for `welcome`).
     pub token: u64,
+    /// What the client may do, from its credentials.
+    pub grant: Arc<Grant>,
 }
 
 /// Messages to the router.
@@ -96,6 +97,11 @@ pub(super) struct Session {
     pub inflight: HashSet<u64>,
     pub pressed: HashSet<Arc<str>>,
     pub devices: BTreeSet<String>,
+    pub grant: Arc<Grant>,
+    /// Some filter reaches beyond what the grant may read, so every delivered topic
+    /// is checked; false for most sessions (their filters lie within their rules),
+    /// which then cost nothing extra per update.
+    pub screen: bool,
 }
 
 /// What kind of request an answer belongs to: ids are the client's, and a raw client
@@ -154,7 +160,7 @@ pub struct Router {
     pub(super) sessions: HashMap<SessionId, Session>,
     next_session: u64,
     replay: ReplayLog,
-    rooms: HashMap<String, BTreeSet<SessionId>>,
+    pub(super) rooms: HashMap<String, BTreeSet<SessionId>>,
     pub(super) devices: HashMap<String, DeviceEntry>,
     pub(super) pending: HashMap<u64, PendingCmd>,
     pub(super) deadlines: DelayQueue<u64>,
@@ -168,10 +174,19 @@ pub struct Router {
     sys_last: HashMap<String, Value>,
     totals: OutboxStats,
     connections: usize,
+    /// Refusal counters (shared with connections and the hub) and the address
+    /// backoff, both published under `$sys`.
+    guard: Arc<GuardStats>,
+    backoff: Arc<Backoff>,
 }
 
 impl Router {
-    pub fn new(cfg: Arc<Config>, epoch: Epoch, hub: HubHandle) -> Router {
+    pub fn new(
+        cfg: Arc<Config>,
+        epoch: Epoch,
+        hub: HubHandle,
+        (guard, backoff): (Arc<GuardStats>, Arc<Backoff>),
+    ) -> Router {
         let replay = ReplayLog::new(cfg.limits.replay_entries, cfg.limits.replay_bytes);
         Router {
             cfg,
@@ -194,6 +209,8 @@ impl Router {
             sys_last: HashMap::new(),
             totals: OutboxStats::default(),
             connections: 0,
+            guard,
+            backoff,
         }
     }
 
@@ -293,9 +310,14 @@ impl Router {
         reply: oneshot::Sender<SessionId>,
     ) {
         self.connections += 1;
-        let resumable = hello
-            .resume
-            .filter(|r| r.epoch == self.epoch && self.sessions.contains_key(&r.session));
+        // A session resumes only under the credential that opened it: nobody takes
+        // over another client's session (and its rights) by naming its id.
+        let resumable = hello.resume.filter(|r| {
+            r.epoch == self.epoch
+                && self.sessions.get(&r.session).is_some_and(|s| {
+                    Arc::ptr_eq(&s.grant, &hello.grant) || s.grant.name == hello.grant.name
+                })
+        });
         let token = hello.token;
         let (sid, resumed) = match resumable {
             Some(r) => {
@@ -332,6 +354,8 @@ impl Router {
                         inflight: HashSet::new(),
                         pressed: HashSet::new(),
                         devices: BTreeSet::new(),
+                        grant: hello.grant,
+                        screen: false,
                     },
                 );
                 (sid, None)
@@ -367,9 +391,10 @@ impl Router {
             self.send_snapshot(sid, 0, &filters, true);
             return;
         }
-        let frames = self
-            .replay
-            .since(last_seq, |t| filters.iter().any(|f| f.matches(t)));
+        let grant = self.sessions[&sid].grant.clone();
+        let frames = self.replay.since(last_seq, |t| {
+            filters.iter().any(|f| f.matches(t)) && grant.read.allows(t)
+        });
         self.send_batch(sid, 0, frames, false);
     }
 
@@ -510,12 +535,35 @@ impl Router {
         self.answer(sid, Kind::Command, id, f);
     }
 
-    fn ok(&mut self, sid: SessionId, id: u64, result: Value) {
+    /// The session's grant.
+    pub(super) fn grant(&self, sid: SessionId) -> Option<Arc<Grant>> {
+        self.sessions.get(&sid).map(|s| s.grant.clone())
+    }
+
+    /// Refuses a request the session's grant does not allow (`forbidden`), counted
+    /// in `$sys/auth/forbidden`. The message names the action, never what exists.
+    pub(super) fn forbidden(&mut self, sid: SessionId, id: Option<u64>, what: String) {
+        bump(&self.guard.forbidden);
+        let name = self.sessions.get(&sid).map(|s| s.grant.name.clone());
+        let who = name.as_deref().unwrap_or("?");
+        tracing::debug!(session = %sid, credential = who, what, "forbidden");
+        self.error(
+            sid,
+            id,
+            ErrorCode::Forbidden,
+            format!("{what}: not allowed for credential {who:?}"),
+        );
+    }
+
+    pub(super) fn ok(&mut self, sid: SessionId, id: u64, result: Value) {
         self.send(sid, frame(&BusMsg::Ok { id, result }));
     }
 
     fn send_snapshot(&mut self, sid: SessionId, id: u64, filters: &[Filter], resync: bool) {
-        let frames = self.snapshot(filters);
+        let Some(grant) = self.grant(sid) else {
+            return;
+        };
+        let frames = self.snapshot(filters, &grant);
         self.send_batch(sid, id, frames, resync);
     }
 
@@ -538,8 +586,9 @@ impl Router {
         c.outbox.push_batch(batch);
     }
 
-    /// Current retained frames matching any of `filters`, each topic once.
-    fn snapshot(&self, filters: &[Filter]) -> Vec<Bytes> {
+    /// Current retained frames matching any of `filters` that `grant` may read, each
+    /// topic once.
+    fn snapshot(&self, filters: &[Filter], grant: &Grant) -> Vec<Bytes> {
         let mut found: BTreeMap<&Arc<str>, &Bytes> = BTreeMap::new();
         for f in filters {
             if f.is_exact() {
@@ -566,7 +615,11 @@ impl Router {
                 }
             }
         }
-        found.into_values().cloned().collect()
+        found
+            .into_iter()
+            .filter(|(k, _)| grant.read.allows(k))
+            .map(|(_, f)| f.clone())
+            .collect()
     }
 
     // ----- publishing -----------------------------------------------------------
@@ -613,7 +666,14 @@ impl Router {
         let mut targets = std::mem::take(&mut self.scratch);
         self.subs.matches(topic, &mut targets);
         for sid in &targets {
-            if let Some(c) = self.sessions.get(sid).and_then(|s| s.conn.as_ref()) {
+            let Some(s) = self.sessions.get(sid) else {
+                continue;
+            };
+            // Only sessions with a filter wider than their read rules pay for a check.
+            if s.screen && !s.grant.read.allows(topic) {
+                continue;
+            }
+            if let Some(c) = &s.conn {
                 if c.outbox.push_update(topic, seq, &frame, retain) == Pushed::Conflated {
                     tracing::trace!(session = %sid, %topic, "conflated");
                 }
@@ -654,13 +714,14 @@ impl Router {
         }
     }
 
-    fn publish_presence(&mut self, sid: SessionId) {
+    pub(super) fn publish_presence(&mut self, sid: SessionId) {
         let Some(s) = self.sessions.get(&sid) else {
             return;
         };
         let v = map(vec![
             ("name", Value::from(s.name.as_str())),
             ("role", Value::from(s.role.as_str())),
+            ("credential", Value::from(&*s.grant.name)),
             ("connected", Value::Boolean(s.conn.is_some())),
             (
                 "rooms",
@@ -720,6 +781,11 @@ impl Router {
         for (name, v) in self.hub.stats.snapshot() {
             self.publish_sys_value(format!("$sys/telemetry/{name}"), Value::from(v));
         }
+        let blocked = self.backoff.blocked(std::time::Instant::now()) as u64;
+        self.publish_sys_value("$sys/auth/blocked_addresses".into(), Value::from(blocked));
+        for (name, v) in self.guard.snapshot() {
+            self.publish_sys_value(format!("$sys/{name}"), Value::from(v));
+        }
     }
 
     // ----- client messages ------------------------------------------------------
@@ -736,6 +802,9 @@ impl Router {
                             }
                         }
                     }
+                }
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.screen = s.filters.iter().any(|f| !s.grant.read.covers(f));
                 }
                 self.ok(sid, id, Value::Nil);
             }
@@ -819,8 +888,15 @@ impl Router {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
+        // A filter that can match nothing this client may read is refused whole, so
+        // that the answer never depends on what exists there.
+        if let Some(f) = filters.iter().find(|f| !s.grant.read.reaches(f)) {
+            let what = format!("reading {f}");
+            return self.forbidden(sid, Some(id), what);
+        }
         let new = filters.iter().filter(|f| !s.filters.contains(*f)).count();
         if s.filters.len() + new > max {
+            bump(&self.guard.filters_refused);
             return self.error(
                 sid,
                 Some(id),
@@ -832,11 +908,17 @@ impl Router {
             if s.filters.insert(f.clone()) {
                 self.subs.insert(f, sid);
             }
+            if !s.grant.read.covers(f) {
+                s.screen = true;
+            }
         }
         self.send_snapshot(sid, id, &filters, false);
     }
 
     fn get(&mut self, sid: SessionId, id: u64, topic: &str) {
+        if !self.grant(sid).is_some_and(|g| g.read.allows(topic)) {
+            return self.forbidden(sid, Some(id), format!("reading {topic}"));
+        }
         if let Some(online) = self.meter_online(topic) {
             // Meter values live in the telemetry hub, which answers.
             let Some(outbox) = self
@@ -896,12 +978,19 @@ impl Router {
             }
         }
         if topic.is_reserved() {
-            return self.error(
+            return self.forbidden(
                 sid,
                 id,
-                ErrorCode::Forbidden,
-                format!("{topic}: `$` topics belong to the bus"),
+                format!("publishing {topic}: `$` topics belong to the bus"),
             );
+        }
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        // An adapter's own device controls are its to publish (owning the device is
+        // the permission); everything else needs a `publish` rule.
+        if !s.grant.publish.allows(topic.as_str()) && !owns_control(&s.devices, topic.as_str()) {
+            return self.forbidden(sid, id, format!("publishing {topic}"));
         }
         let seq = match self.device_publish(sid, &topic, &value, quality) {
             Some(Ok(seq)) => seq,
@@ -929,115 +1018,13 @@ impl Router {
             self.answer(sid, Kind::Publish, id, frame(&BusMsg::Puback { id, seq }));
         }
     }
+}
 
-    // ----- rooms ----------------------------------------------------------------
-
-    fn member(&self, sid: SessionId) -> Option<Member> {
-        self.sessions.get(&sid).map(|s| Member {
-            session: sid,
-            name: s.name.clone(),
-            role: s.role,
-        })
-    }
-
-    fn join(&mut self, sid: SessionId, id: u64, room: String) {
-        if let Err(why) = crate::model::check_level("room", &room) {
-            return self.error(sid, Some(id), ErrorCode::InvalidTopic, why);
-        }
-        let joined = self.sessions.get(&sid).map_or(0, |s| s.rooms.len());
-        if joined >= MAX_ROOMS && !self.rooms.get(&room).is_some_and(|m| m.contains(&sid)) {
-            return self.error(
-                sid,
-                Some(id),
-                ErrorCode::Limit,
-                format!("a session may be in at most {MAX_ROOMS} rooms"),
-            );
-        }
-        let Some(me) = self.member(sid) else {
-            return;
-        };
-        let members = self.rooms.entry(room.clone()).or_default();
-        let fresh = members.insert(sid);
-        let list: Vec<SessionId> = members.iter().copied().collect();
-        if let Some(s) = self.sessions.get_mut(&sid) {
-            s.rooms.insert(room.clone());
-        }
-        if fresh {
-            let f = frame(&BusMsg::Presence {
-                room: room.clone(),
-                session: sid,
-                name: me.name,
-                role: me.role,
-                joined: true,
-            });
-            for m in list.iter().filter(|m| **m != sid) {
-                self.send(*m, f.clone());
-            }
-            self.publish_presence(sid);
-        }
-        let result = list
-            .iter()
-            .filter_map(|m| self.member(*m))
-            .map(|m| crate::value::to_value(&m))
-            .collect();
-        self.ok(sid, id, Value::Array(result));
-    }
-
-    fn leave_room(&mut self, sid: SessionId, room: &str) {
-        let Some(members) = self.rooms.get_mut(room) else {
-            return;
-        };
-        if !members.remove(&sid) {
-            return;
-        }
-        let rest: Vec<SessionId> = members.iter().copied().collect();
-        if rest.is_empty() {
-            self.rooms.remove(room);
-        }
-        if let Some(s) = self.sessions.get_mut(&sid) {
-            s.rooms.remove(room);
-        }
-        if let Some(me) = self.member(sid) {
-            let f = frame(&BusMsg::Presence {
-                room: room.into(),
-                session: sid,
-                name: me.name,
-                role: me.role,
-                joined: false,
-            });
-            for m in rest {
-                self.send(m, f.clone());
-            }
-        }
-    }
-
-    fn say(&mut self, sid: SessionId, room: &str, value: Value) {
-        let members: Vec<SessionId> = match self.rooms.get(room) {
-            Some(m) if m.contains(&sid) => m.iter().copied().filter(|m| *m != sid).collect(),
-            _ => {
-                return self.error(
-                    sid,
-                    None,
-                    ErrorCode::NotMember,
-                    format!("join {room:?} before saying something in it"),
-                );
-            }
-        };
-        let name = self
-            .sessions
-            .get(&sid)
-            .map(|s| s.name.clone())
-            .unwrap_or_default();
-        let f = frame(&BusMsg::Said {
-            room: room.into(),
-            from: sid,
-            name,
-            value,
-        });
-        for m in members {
-            self.send(m, f.clone());
-        }
-    }
+/// Whether `topic` is a control of one of `devices` (`<room>/<device>/<control>`).
+fn owns_control(devices: &BTreeSet<String>, topic: &str) -> bool {
+    topic
+        .rsplit_once('/')
+        .is_some_and(|(key, _)| devices.contains(key))
 }
 
 /// Builds a string-keyed MessagePack map.
