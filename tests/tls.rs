@@ -133,10 +133,7 @@ async fn the_client_library_speaks_tls() {
     let opts = ClientOptions::tls(&b.tcp.to_string(), "wrong-name", tls)
         .token(&token)
         .reconnect(false);
-    let e = Client::connect(opts)
-        .await
-        .err()
-        .expect("wrong name refused");
+    let e = Client::connect(opts).await.expect_err("wrong name refused");
     assert!(e.to_string().contains("TLS"), "{e}");
 }
 
@@ -168,8 +165,7 @@ async fn plaintext_and_untrusted_clients_fail_cleanly() {
     assert!(raw.recv().await.is_none());
     let e = Client::connect(ClientOptions::tcp(&b.tcp.to_string(), "plain").reconnect(false))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(e.code(), Some(ErrorCode::TlsRequired), "{e}");
 
     // A client that does not trust the bus's certificate fails its handshake.
@@ -177,7 +173,7 @@ async fn plaintext_and_untrusted_clients_fail_cleanly() {
     let opts = ClientOptions::tls(&b.tcp.to_string(), "untrusting", other.tls())
         .token(&token)
         .reconnect(false);
-    let e = Client::connect(opts).await.err().expect("untrusted");
+    let e = Client::connect(opts).await.expect_err("untrusted");
     assert!(e.to_string().contains("TLS"), "{e}");
 
     // A connection that says nothing is closed at the handshake deadline.
@@ -219,11 +215,11 @@ async fn a_client_certificate_is_a_credential() {
         .await
         .expect("known certificate, no token");
     assert_eq!(c.get("boardroom/x").await.unwrap(), None);
-    let e = c.get("hall/x").await.err().expect("not its room");
+    let e = c.get("hall/x").await.expect_err("not its room");
     assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e}");
     // Without a certificate or a token: no anonymous access on this bus.
     let opts = ClientOptions::tls(&b.tcp.to_string(), "nobody", pki.tls()).reconnect(false);
-    let e = Client::connect(opts).await.err().expect("refused");
+    let e = Client::connect(opts).await.expect_err("refused");
     assert_eq!(e.code(), Some(ErrorCode::Unauthorized), "{e}");
 }
 
