@@ -14,10 +14,12 @@ pub mod connection;
 mod devices;
 pub mod guard;
 pub mod outbox;
+mod reads;
 mod replay;
 mod rooms;
 pub mod router;
 mod subs;
+mod sys;
 pub mod telemetry;
 
 use std::net::SocketAddr;

@@ -6,9 +6,13 @@
 //! connection. Because one task applies every change in order, a subscriber's snapshot
 //! and its live stream meet with no gap and no duplicate: the snapshot is taken and
 //! queued between two publishes, and every later publish is queued after it.
+//!
+//! The router's other halves: `devices.rs` (descriptors, commands, liveness),
+//! `reads.rs` (subscribe, `get`, snapshots, resume), `rooms.rs` (rooms and
+//! presence), `sys.rs` (`$sys` and `$clients`). Every client action is checked
+//! against the session's [`Grant`] before it touches state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,8 +141,8 @@ impl AnswerCache {
     }
 }
 
-struct Retained {
-    frame: Bytes,
+pub(super) struct Retained {
+    pub frame: Bytes,
 }
 
 /// Control-state fields of an update record.
@@ -154,30 +158,30 @@ pub(super) struct ControlFields<'a> {
 pub struct Router {
     pub(super) cfg: Arc<Config>,
     pub(super) epoch: Epoch,
-    seq: Seq,
-    retained: BTreeMap<Arc<str>, Retained>,
-    subs: SubTree,
+    pub(super) seq: Seq,
+    pub(super) retained: BTreeMap<Arc<str>, Retained>,
+    pub(super) subs: SubTree,
     pub(super) sessions: HashMap<SessionId, Session>,
-    next_session: u64,
-    replay: ReplayLog,
+    pub(super) next_session: u64,
+    pub(super) replay: ReplayLog,
     pub(super) rooms: HashMap<String, BTreeSet<SessionId>>,
     pub(super) devices: HashMap<String, DeviceEntry>,
     pub(super) pending: HashMap<u64, PendingCmd>,
     pub(super) deadlines: DelayQueue<u64>,
     pub(super) next_cmd: u64,
-    buf: BytesMut,
-    scratch: Vec<SessionId>,
+    pub(super) buf: BytesMut,
+    pub(super) scratch: Vec<SessionId>,
     /// The telemetry hub (never awaited: `try_send` only).
     pub(super) hub: HubHandle,
     /// Telemetry aliases of meter topics, stable for the bus's run.
     pub(super) aliases: HashMap<Arc<str>, u32>,
-    sys_last: HashMap<String, Value>,
-    totals: OutboxStats,
-    connections: usize,
+    pub(super) sys_last: HashMap<String, Value>,
+    pub(super) totals: OutboxStats,
+    pub(super) connections: usize,
     /// Refusal counters (shared with connections and the hub) and the address
     /// backoff, both published under `$sys`.
-    guard: Arc<GuardStats>,
-    backoff: Arc<Backoff>,
+    pub(super) guard: Arc<GuardStats>,
+    pub(super) backoff: Arc<Backoff>,
 }
 
 impl Router {
@@ -383,21 +387,6 @@ impl Router {
         self.publish_presence(sid);
     }
 
-    /// Sends a resumed session what it missed: a replay if the log still reaches
-    /// back to `last_seq`, otherwise a fresh snapshot marked `resync`.
-    fn resume(&mut self, sid: SessionId, last_seq: Seq) {
-        let filters: Vec<Filter> = self.sessions[&sid].filters.iter().cloned().collect();
-        if !self.replay.covers(last_seq, self.seq) {
-            self.send_snapshot(sid, 0, &filters, true);
-            return;
-        }
-        let grant = self.sessions[&sid].grant.clone();
-        let frames = self.replay.since(last_seq, |t| {
-            filters.iter().any(|f| f.matches(t)) && grant.read.allows(t)
-        });
-        self.send_batch(sid, 0, frames, false);
-    }
-
     fn disconnected(&mut self, sid: SessionId, reason: &str, clean: bool) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
@@ -466,13 +455,6 @@ impl Router {
         }
         self.publish_sys_value(format!("$clients/{sid}"), Value::Nil);
         self.publish_sys_value(format!("$sys/queues/{sid}"), Value::Nil);
-    }
-
-    fn add_totals(&mut self, s: OutboxStats) {
-        self.totals.dropped += s.dropped;
-        self.totals.conflated += s.conflated;
-        self.totals.gaps += s.gaps;
-        self.totals.resyncs += s.resyncs;
     }
 
     // ----- sending --------------------------------------------------------------
@@ -559,69 +541,6 @@ impl Router {
         self.send(sid, frame(&BusMsg::Ok { id, result }));
     }
 
-    fn send_snapshot(&mut self, sid: SessionId, id: u64, filters: &[Filter], resync: bool) {
-        let Some(grant) = self.grant(sid) else {
-            return;
-        };
-        let frames = self.snapshot(filters, &grant);
-        self.send_batch(sid, id, frames, resync);
-    }
-
-    /// Queues `snapshot`, the frames and `synced` as one item, so nothing live can
-    /// come between them.
-    fn send_batch(&mut self, sid: SessionId, id: u64, frames: Vec<Bytes>, resync: bool) {
-        let Some(c) = self.sessions.get(&sid).and_then(|s| s.conn.as_ref()) else {
-            return;
-        };
-        let count = frames.len() as u64;
-        let mut batch = Vec::with_capacity(frames.len() + 2);
-        batch.push(frame(&BusMsg::Snapshot { id, count, resync }));
-        batch.extend(frames);
-        batch.push(frame(&BusMsg::Synced {
-            id,
-            seq: self.seq,
-            count,
-            resync,
-        }));
-        c.outbox.push_batch(batch);
-    }
-
-    /// Current retained frames matching any of `filters` that `grant` may read, each
-    /// topic once.
-    fn snapshot(&self, filters: &[Filter], grant: &Grant) -> Vec<Bytes> {
-        let mut found: BTreeMap<&Arc<str>, &Bytes> = BTreeMap::new();
-        for f in filters {
-            if f.is_exact() {
-                if let Some((k, r)) = self.retained.get_key_value(f.as_str()) {
-                    found.insert(k, &r.frame);
-                }
-                continue;
-            }
-            let prefix = f.literal_prefix();
-            // `a/#` also matches `a` itself, which sorts before `a/`.
-            if let Some(parent) = f.as_str().strip_suffix("/#") {
-                if !parent.contains(['+', '#']) {
-                    if let Some((k, r)) = self.retained.get_key_value(parent) {
-                        found.insert(k, &r.frame);
-                    }
-                }
-            }
-            let range = self
-                .retained
-                .range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
-            for (k, r) in range.take_while(|(k, _)| k.starts_with(prefix)) {
-                if f.matches(k) {
-                    found.insert(k, &r.frame);
-                }
-            }
-        }
-        found
-            .into_iter()
-            .filter(|(k, _)| grant.read.allows(k))
-            .map(|(_, f)| f.clone())
-            .collect()
-    }
-
     // ----- publishing -----------------------------------------------------------
 
     /// Assigns the next sequence number, encodes the update once, stores it (retained
@@ -697,94 +616,6 @@ impl Router {
         if self.retained.contains_key(topic) {
             let t: Arc<str> = topic.into();
             self.publish(&t, &Value::Nil, true, ControlFields::default());
-        }
-    }
-
-    /// Publishes a bus-owned (`$`) topic if its value changed.
-    fn publish_sys_value(&mut self, topic: String, value: Value) {
-        if self.sys_last.get(&topic) == Some(&value) {
-            return;
-        }
-        let t: Arc<str> = topic.as_str().into();
-        self.publish(&t, &value, true, ControlFields::default());
-        if value.is_nil() {
-            self.sys_last.remove(&topic);
-        } else {
-            self.sys_last.insert(topic, value);
-        }
-    }
-
-    pub(super) fn publish_presence(&mut self, sid: SessionId) {
-        let Some(s) = self.sessions.get(&sid) else {
-            return;
-        };
-        let v = map(vec![
-            ("name", Value::from(s.name.as_str())),
-            ("role", Value::from(s.role.as_str())),
-            ("credential", Value::from(&*s.grant.name)),
-            ("connected", Value::Boolean(s.conn.is_some())),
-            (
-                "rooms",
-                Value::Array(s.rooms.iter().map(|r| Value::from(r.as_str())).collect()),
-            ),
-        ]);
-        self.publish_sys_value(format!("$clients/{sid}"), v);
-    }
-
-    fn publish_sys(&mut self) {
-        let mut totals = self.totals;
-        let mut queues = Vec::new();
-        for (sid, s) in &self.sessions {
-            if let Some(c) = &s.conn {
-                let st = c.outbox.stats();
-                totals.dropped += st.dropped;
-                totals.conflated += st.conflated;
-                totals.gaps += st.gaps;
-                totals.resyncs += st.resyncs;
-                queues.push((*sid, st));
-            }
-        }
-        let l = &self.cfg.limits;
-        let (limit_frames, limit_bytes) = (l.outbox_frames as u64, l.outbox_bytes as u64);
-        for (sid, st) in queues {
-            let v = map(vec![
-                ("frames", Value::from(st.frames as u64)),
-                ("bytes", Value::from(st.bytes as u64)),
-                ("conflated_now", Value::from(st.conflated_now as u64)),
-                ("peak_frames", Value::from(st.peak_frames as u64)),
-                ("peak_bytes", Value::from(st.peak_bytes as u64)),
-                ("limit_frames", Value::from(limit_frames)),
-                ("limit_bytes", Value::from(limit_bytes)),
-                ("dropped", Value::from(st.dropped)),
-                ("conflated", Value::from(st.conflated)),
-                ("gaps", Value::from(st.gaps)),
-            ]);
-            self.publish_sys_value(format!("$sys/queues/{sid}"), v);
-        }
-        let counters = [
-            ("connections", self.connections as u64),
-            ("sessions", self.sessions.len() as u64),
-            ("topics", self.retained.len() as u64),
-            ("subscriptions", self.subs.filter_count() as u64),
-            ("devices", self.devices.len() as u64),
-            ("replay_entries", self.replay.entries() as u64),
-            ("replay_bytes", self.replay.bytes() as u64),
-            ("dropped", totals.dropped),
-            ("conflated", totals.conflated),
-            ("gaps", totals.gaps),
-            ("resyncs", totals.resyncs),
-            ("commands_pending", self.pending.len() as u64),
-        ];
-        for (name, v) in counters {
-            self.publish_sys_value(format!("$sys/{name}"), Value::from(v));
-        }
-        for (name, v) in self.hub.stats.snapshot() {
-            self.publish_sys_value(format!("$sys/telemetry/{name}"), Value::from(v));
-        }
-        let blocked = self.backoff.blocked(std::time::Instant::now()) as u64;
-        self.publish_sys_value("$sys/auth/blocked_addresses".into(), Value::from(blocked));
-        for (name, v) in self.guard.snapshot() {
-            self.publish_sys_value(format!("$sys/{name}"), Value::from(v));
         }
     }
 
@@ -866,92 +697,6 @@ impl Router {
             | ClientMsg::Bye { .. }
             | ClientMsg::Tsub { .. }
             | ClientMsg::Tunsub { .. } => {}
-        }
-    }
-
-    fn subscribe(&mut self, sid: SessionId, id: u64, raw: &[String]) {
-        let mut filters = Vec::with_capacity(raw.len());
-        for f in raw {
-            match Filter::new(f) {
-                Ok(f) => filters.push(f),
-                Err(e) => {
-                    return self.error(
-                        sid,
-                        Some(id),
-                        ErrorCode::InvalidFilter,
-                        format!("{f:?}: {e}"),
-                    )
-                }
-            }
-        }
-        let max = self.cfg.limits.max_filters;
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        // A filter that can match nothing this client may read is refused whole, so
-        // that the answer never depends on what exists there.
-        if let Some(f) = filters.iter().find(|f| !s.grant.read.reaches(f)) {
-            let what = format!("reading {f}");
-            return self.forbidden(sid, Some(id), what);
-        }
-        let new = filters.iter().filter(|f| !s.filters.contains(*f)).count();
-        if s.filters.len() + new > max {
-            bump(&self.guard.filters_refused);
-            return self.error(
-                sid,
-                Some(id),
-                ErrorCode::Limit,
-                format!("a session may hold at most {max} filters"),
-            );
-        }
-        for f in &filters {
-            if s.filters.insert(f.clone()) {
-                self.subs.insert(f, sid);
-            }
-            if !s.grant.read.covers(f) {
-                s.screen = true;
-            }
-        }
-        self.send_snapshot(sid, id, &filters, false);
-    }
-
-    fn get(&mut self, sid: SessionId, id: u64, topic: &str) {
-        if !self.grant(sid).is_some_and(|g| g.read.allows(topic)) {
-            return self.forbidden(sid, Some(id), format!("reading {topic}"));
-        }
-        if let Some(online) = self.meter_online(topic) {
-            // Meter values live in the telemetry hub, which answers.
-            let Some(outbox) = self
-                .sessions
-                .get(&sid)
-                .and_then(|s| s.conn.as_ref())
-                .map(|c| c.outbox.clone())
-            else {
-                return;
-            };
-            let msg = super::telemetry::HubMsg::Get {
-                outbox,
-                id,
-                topic: topic.to_owned(),
-                seq: self.seq.0,
-                online,
-            };
-            if !self.hub.try_ctl(msg) {
-                self.error(sid, Some(id), ErrorCode::Busy, "telemetry hub busy".into());
-            }
-            return;
-        }
-        let record = self.retained.get(topic).and_then(|r| {
-            rmpv::decode::read_value(&mut &r.frame[crate::protocol::LEN_PREFIX..]).ok()
-        });
-        match record {
-            Some(v) => self.ok(sid, id, v),
-            None => self.error(
-                sid,
-                Some(id),
-                ErrorCode::UnknownTopic,
-                format!("{topic} has no retained value"),
-            ),
         }
     }
 
