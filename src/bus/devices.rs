@@ -180,7 +180,7 @@ impl Router {
             return self.error(sid, Some(id), ErrorCode::InvalidDescriptor, e);
         }
         let key = desc.key();
-        if !self.grant(sid).is_some_and(|g| g.declare.allows(&key)) {
+        if !self.may(sid, |g| g.declare.allows(&key)) {
             return self.forbidden(sid, Some(id), format!("declaring {key}"));
         }
         let max = self.cfg.limits.max_topics;
@@ -447,7 +447,7 @@ impl Router {
         }
         // Checked before the topic is looked up, so a refusal says nothing about
         // what exists there.
-        if !self.grant(sid).is_some_and(|g| g.command.allows(topic)) {
+        if !self.may(sid, |g| g.command.allows(topic)) {
             return self.forbidden(sid, Some(id), format!("commanding {topic}"));
         }
         if let Err((code, message)) = self.route(sid, id, topic, op, value, timeout_ms) {

@@ -149,7 +149,7 @@ impl Router {
     }
 
     pub(super) fn get(&mut self, sid: SessionId, id: u64, topic: &str) {
-        if !self.grant(sid).is_some_and(|g| g.read.allows(topic)) {
+        if !self.may(sid, |g| g.read.allows(topic)) {
             return self.forbidden(sid, Some(id), format!("reading {topic}"));
         }
         if let Some(online) = self.meter_online(topic) {

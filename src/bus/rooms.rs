@@ -24,7 +24,7 @@ impl Router {
         if let Err(why) = crate::model::check_level("room", &room) {
             return self.error(sid, Some(id), ErrorCode::InvalidTopic, why);
         }
-        if !self.grant(sid).is_some_and(|g| g.rooms.allows(&room)) {
+        if !self.may(sid, |g| g.rooms.allows(&room)) {
             return self.forbidden(sid, Some(id), format!("joining room {room:?}"));
         }
         let joined = self.sessions.get(&sid).map_or(0, |s| s.rooms.len());

@@ -522,6 +522,11 @@ impl Router {
         self.sessions.get(&sid).map(|s| s.grant.clone())
     }
 
+    /// Whether the session's grant passes `check` (no session: no).
+    pub(super) fn may(&self, sid: SessionId, check: impl FnOnce(&Grant) -> bool) -> bool {
+        self.sessions.get(&sid).is_some_and(|s| check(&s.grant))
+    }
+
     /// Refuses a request the session's grant does not allow (`forbidden`), counted
     /// in `$sys/auth/forbidden`. The message names the action, never what exists.
     pub(super) fn forbidden(&mut self, sid: SessionId, id: Option<u64>, what: String) {
