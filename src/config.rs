@@ -135,7 +135,7 @@ pub struct Limits {
     /// Connections at once; further ones are closed at accept.
     pub max_connections: usize,
     /// Connections at once from one address (IPv6: one /64); further ones are closed
-    /// at accept with `limit`.
+    /// at accept with `limit` (0: no limit).
     pub max_connections_per_address: usize,
     /// Frames one connection may send per second, on average (0: no limit).
     pub client_msgs_per_sec: u32,
@@ -170,7 +170,7 @@ impl Default for Limits {
             max_topics: 1_000_000,
             max_filters: 1024,
             max_connections: 10_000,
-            max_connections_per_address: 256,
+            max_connections_per_address: 0,
             client_msgs_per_sec: 0,
             client_msg_burst: 1_000,
             client_bytes_per_sec: 0,
@@ -378,10 +378,6 @@ impl Config {
             ("limits.max_topics", l.max_topics),
             ("limits.max_filters", l.max_filters),
             ("limits.max_connections", l.max_connections),
-            (
-                "limits.max_connections_per_address",
-                l.max_connections_per_address,
-            ),
             ("limits.client_msg_burst", l.client_msg_burst as usize),
             ("limits.client_byte_burst", l.client_byte_burst as usize),
             ("auth.backoff_ms", self.auth.backoff_ms as usize),

@@ -197,6 +197,7 @@ pub enum ClientMsg {
         v: u32,
         name: String,
         role: Role,
+        /// Nil, or `{token: "avbus_..."}` (docs/security.md).
         #[serde(default = "nil")]
         credentials: Value,
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,6 +9,10 @@
 //! * [`AddressSlots`]: connections at once per address (IPv6: per /64), on top of
 //!   the total bound; an entry exists only while its address has a connection, so
 //!   the table is bounded by `limits.max_connections`.
+//!
+//! The rate and per-address limits are off by default (benchmarks open thousands
+//! of loopback connections and publish as fast as they can); `bus::start` warns when
+//! a bus listening beyond loopback runs without them.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -157,7 +161,8 @@ pub struct AddressSlots {
 
 /// One connection's place in [`AddressSlots`]; freed when dropped.
 pub struct AddressSlot {
-    slots: Arc<AddressSlots>,
+    /// `None` when there is no per-address limit (nothing is tracked).
+    slots: Option<Arc<AddressSlots>>,
     ip: IpAddr,
 }
 
@@ -186,9 +191,12 @@ impl AddressSlots {
     }
 
     /// A slot for a connection from `ip`, or `None` when the address has its
-    /// maximum.
+    /// maximum (a maximum of 0: no limit).
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
         let ip = canonical(ip);
+        if self.max == 0 {
+            return Some(AddressSlot { slots: None, ip });
+        }
         let mut open = self.lock();
         let n = open.entry(ip).or_insert(0);
         if *n >= self.max {
@@ -196,7 +204,7 @@ impl AddressSlots {
         }
         *n += 1;
         Some(AddressSlot {
-            slots: self.clone(),
+            slots: Some(self.clone()),
             ip,
         })
     }
@@ -204,7 +212,10 @@ impl AddressSlots {
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut open = self.slots.lock();
+        let Some(slots) = &self.slots else {
+            return;
+        };
+        let mut open = slots.lock();
         if let Some(n) = open.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -248,6 +259,23 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_rate_counts_bytes() {
+        let t0 = Instant::now();
+        let l = Limits {
+            client_bytes_per_sec: 1000,
+            client_byte_burst: 1000,
+            ..Limits::default()
+        };
+        let mut r = RateLimit::new(&l, t0).unwrap();
+        assert_eq!(r.frame(600, t0), Rate::Ok);
+        assert_eq!(r.frame(400, t0), Rate::Ok);
+        assert_eq!(
+            r.frame(500, t0),
+            Rate::Pause(t0 + Duration::from_millis(500))
+        );
+    }
+
+    #[test]
     fn slots_per_address_are_freed_on_drop() {
         let s = AddressSlots::new(2);
         let ip: IpAddr = "10.1.1.1".parse().unwrap();
@@ -261,5 +289,10 @@ mod tests {
         let v6 = AddressSlots::new(1);
         let _x = v6.acquire("2001:db8::1".parse().unwrap()).unwrap();
         assert!(v6.acquire("2001:db8::2".parse().unwrap()).is_none());
+        // 0: no limit, nothing tracked.
+        let open = AddressSlots::new(0);
+        let held: Vec<_> = (0..100).filter_map(|_| open.acquire(ip)).collect();
+        assert_eq!(held.len(), 100);
+        assert!(open.lock().is_empty());
     }
 }

@@ -158,6 +158,18 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
         cfg.auth.tracked_addresses,
     ));
     let guard = Arc::new(GuardStats::default());
+    let l = &cfg.limits;
+    if cfg.beyond_loopback()
+        && (l.client_msgs_per_sec == 0
+            || l.client_bytes_per_sec == 0
+            || l.max_connections_per_address == 0)
+    {
+        tracing::warn!(
+            "listening beyond loopback without limits.client_msgs_per_sec, \
+             client_bytes_per_sec or max_connections_per_address: one client can \
+             use the whole bus (docs/security.md)"
+        );
+    }
     let cfg = Arc::new(cfg);
     let listener = TcpListener::bind(cfg.listen.tcp).await.map_err(|e| {
         std::io::Error::new(
