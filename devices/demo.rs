@@ -83,7 +83,14 @@ pub async fn run(
         sims.push(sim);
     }
     let cancel = CancellationToken::new();
-    let opts = ClientOptions::local(handle.local(), "demo-adapters").role(Role::Adapter);
+    // The demo's adapters may declare exactly their devices, nothing else.
+    let keys: Vec<String> = devices
+        .iter()
+        .map(|d| format!("{}/{}", d.room, d.name))
+        .collect();
+    let grant = crate::auth::Grant::adapter_for("demo-adapters", &keys)?;
+    let local = handle.local().with_grant(grant);
+    let opts = ClientOptions::local(local, "demo-adapters").role(Role::Adapter);
     let client = Client::connect(opts).await?;
     let c = cancel.clone();
     let hosted = tokio::spawn(async move { host_all(client, &devices, c).await });

@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use crate::client::{Client, ClientOptions, SubEvent};
 use crate::config::Config;
 use crate::protocol::{Role, Update};
+use crate::tls::TlsClient;
 use crate::value::{from_cli_arg, to_json, to_json_string, Value};
 
 /// avbus: a low-latency event bus for networked AV control.
@@ -27,12 +28,73 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The bus to talk to.
+/// The bus to talk to, and how.
 #[derive(Args, Debug, Clone)]
 pub struct BusArg {
     /// Bus address (host:port).
     #[arg(long, env = "AVBUS_ADDR", default_value = "127.0.0.1:7420")]
     pub bus: String,
+    /// Connect with TLS (needs --ca).
+    #[arg(long, env = "AVBUS_TLS")]
+    pub tls: bool,
+    /// PEM file of the CA certificate(s) to trust for the bus's certificate; implies
+    /// --tls.
+    #[arg(long, env = "AVBUS_CA")]
+    pub ca: Option<PathBuf>,
+    /// Name to check in the bus's certificate (default: the host of --bus).
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// Client certificate (PEM) to present over TLS, with --key.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Token to present (`avbus token new` makes one); prefer the environment
+    /// variable, which other users of the machine cannot read from the process list.
+    #[arg(long, env = "AVBUS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl BusArg {
+    /// Client options for this bus: TLS and token as given, no reconnect.
+    ///
+    /// # Errors
+    /// A message for a TLS setting that cannot be used.
+    pub fn options(&self, name: &str) -> Result<ClientOptions, String> {
+        let mut opts = if self.tls || self.ca.is_some() {
+            let ca = self
+                .ca
+                .as_deref()
+                .ok_or("--tls needs --ca FILE (the CA certificate that signed the bus's)")?;
+            let own = self.cert.as_deref().zip(self.key.as_deref());
+            let mut tls = TlsClient::from_files(ca, own).map_err(|e| e.to_string())?;
+            tls.server_name = self.server_name.clone();
+            ClientOptions::tls(&self.bus, name, tls)
+        } else {
+            ClientOptions::tcp(&self.bus, name)
+        };
+        if let Some(t) = &self.token {
+            opts = opts.token(t);
+        }
+        Ok(opts.role(Role::Tool).reconnect(false))
+    }
+}
+
+/// `avbus token ...`.
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a new random token; prints it, and the `[[auth.client]]` entry holding
+    /// its hash for the bus's configuration.
+    New {
+        /// The client's name in the configuration.
+        #[arg(long, default_value = "panel")]
+        name: String,
+    },
+    /// Print the hash line of an existing token (read from standard input).
+    Hash,
+    /// Print the SHA-256 fingerprint of a PEM certificate, for `cert_sha256`.
+    Fingerprint { cert: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -161,6 +223,11 @@ pub enum Command {
         #[arg(long = "devices", value_delimiter = ',', default_values_t = crate::bench::DEVICE_STEPS)]
         device_steps: Vec<usize>,
     },
+    /// Credentials: make tokens, hash them, fingerprint client certificates.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// List devices: class, driver, online or offline.
     Devices {
         #[command(flatten)]
@@ -210,10 +277,19 @@ pub fn record_json(u: &Update) -> serde_json::Value {
 }
 
 async fn connect(bus: &BusArg, name: &str) -> Result<Client, ExitCode> {
-    let opts = ClientOptions::tcp(&bus.bus, name)
-        .role(Role::Tool)
-        .reconnect(false);
-    Client::connect(opts).await.map_err(|e| {
+    connect_with(bus, name, |o| o).await
+}
+
+async fn connect_with(
+    bus: &BusArg,
+    name: &str,
+    adjust: impl FnOnce(ClientOptions) -> ClientOptions,
+) -> Result<Client, ExitCode> {
+    let opts = bus.options(name).map_err(|e| {
+        eprintln!("avbus: {e}");
+        ExitCode::from(2)
+    })?;
+    Client::connect(adjust(opts)).await.map_err(|e| {
         eprintln!("avbus: {}: {e}", bus.bus);
         ExitCode::from(2)
     })
@@ -296,14 +372,11 @@ async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
             value,
             timeout_ms,
         } => {
-            let mut opts = ClientOptions::tcp(&bus.bus, "avbus-set")
-                .role(Role::Tool)
-                .reconnect(false);
-            opts.command_timeout = Duration::from_millis(timeout_ms);
-            let client = Client::connect(opts).await.map_err(|e| {
-                eprintln!("avbus: {}: {e}", bus.bus);
-                ExitCode::from(2)
-            })?;
+            let client = connect_with(&bus, "avbus-set", |mut o| {
+                o.command_timeout = Duration::from_millis(timeout_ms);
+                o
+            })
+            .await?;
             let r = client.set(&topic, from_cli_arg(&value)).await;
             client.close().await;
             print_reply(r)
@@ -314,14 +387,11 @@ async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
             value,
             timeout_ms,
         } => {
-            let mut opts = ClientOptions::tcp(&bus.bus, "avbus-call")
-                .role(Role::Tool)
-                .reconnect(false);
-            opts.command_timeout = Duration::from_millis(timeout_ms);
-            let client = Client::connect(opts).await.map_err(|e| {
-                eprintln!("avbus: {}: {e}", bus.bus);
-                ExitCode::from(2)
-            })?;
+            let client = connect_with(&bus, "avbus-call", |mut o| {
+                o.command_timeout = Duration::from_millis(timeout_ms);
+                o
+            })
+            .await?;
             let args = value.as_deref().map_or(Value::Nil, from_cli_arg);
             let r = client.call(&topic, args).await;
             client.close().await;
@@ -420,11 +490,57 @@ async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
             outln!("{}", crate::bench::table(&rows));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Token { command } => token(command),
         Command::Serve { .. }
         | Command::Demo { .. }
         | Command::Adapter { .. }
         | Command::Sim { .. } => Ok(ExitCode::from(2)),
     }
+}
+
+/// `avbus token new | hash | fingerprint`.
+fn token(cmd: TokenCommand) -> Result<ExitCode, ExitCode> {
+    match cmd {
+        TokenCommand::New { name } => {
+            let token = crate::auth::new_token();
+            outln!("# The client's token: give it to the client (AVBUS_TOKEN=... or");
+            outln!("# ClientOptions::token), keep it secret; the bus never stores it.");
+            outln!("{token}");
+            outln!("");
+            outln!("# The bus's configuration entry: add the rules this client needs.");
+            outln!("[[auth.client]]");
+            outln!("name = {}", toml_string(&name));
+            outln!("token_hash = \"{}\"", crate::auth::hash_token(&token));
+            outln!("# read = [\"boardroom/#\"]");
+            outln!("# command = [\"boardroom/#\"]");
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Hash => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
+                eprintln!("avbus token hash: give the token on standard input");
+                return Err(ExitCode::from(2));
+            }
+            outln!("token_hash = \"{}\"", crate::auth::hash_token(line.trim()));
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Fingerprint { cert } => {
+            let certs = crate::tls::load_certs(&cert).map_err(|e| {
+                eprintln!("avbus token fingerprint: {e}");
+                ExitCode::from(2)
+            })?;
+            outln!(
+                "cert_sha256 = \"{}\"",
+                crate::auth::fingerprint_hex(certs[0].as_ref())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `s` as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
 }
 
 /// `avbus sub --telemetry`: one line per value, `topic value`; stale values are

@@ -4,7 +4,7 @@
 //! at start, naming the file, line and key.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -19,6 +19,10 @@ pub struct Config {
     pub commands: CommandConfig,
     pub sys: SysConfig,
     pub telemetry: TelemetryConfig,
+    /// Who may connect and what each client may do (`docs/security.md`).
+    pub auth: AuthConfig,
+    /// TLS on the TCP listener; plaintext without this table.
+    pub tls: Option<TlsConfig>,
     /// Devices whose adapters run inside the bus (`avbus serve`) or in an adapter
     /// process (`avbus adapter`): one `[[device]]` table each.
     #[serde(rename = "device")]
@@ -162,6 +166,28 @@ pub struct Limits {
     pub max_filters: usize,
     /// Connections at once; further ones are closed at accept.
     pub max_connections: usize,
+    /// Connections at once from one address (IPv6: one /64); further ones are closed
+    /// at accept with `limit` (0: no limit).
+    pub max_connections_per_address: usize,
+    /// Frames one connection may send per second, on average (0: no limit).
+    pub client_msgs_per_sec: u32,
+    /// Frames one connection may send in a burst above that rate.
+    pub client_msg_burst: u32,
+    /// Bytes one connection may send per second, on average (0: no limit).
+    pub client_bytes_per_sec: u64,
+    /// Bytes one connection may send in a burst above that rate.
+    pub client_byte_burst: u64,
+    /// What happens to a connection over its rate: `throttle` (the bus stops reading
+    /// it until it is back under the rate) or `close` (`error limit`, then closed).
+    pub over_rate: OverRate,
+}
+
+/// The policy for a client over its message or byte rate.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OverRate {
+    Throttle,
+    Close,
 }
 
 impl Default for Limits {
@@ -176,6 +202,12 @@ impl Default for Limits {
             max_topics: 1_000_000,
             max_filters: 1024,
             max_connections: 10_000,
+            max_connections_per_address: 0,
+            client_msgs_per_sec: 0,
+            client_msg_burst: 1_000,
+            client_bytes_per_sec: 0,
+            client_byte_burst: 4 << 20,
+            over_rate: OverRate::Throttle,
         }
     }
 }
@@ -242,6 +274,83 @@ impl Default for SysConfig {
     }
 }
 
+/// `[auth]`: credentials, the rules attached to them, and the guessing backoff.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Rules for clients that present no credentials. Without this table, anonymous
+    /// clients get everything when the bus listens on loopback only and no
+    /// `[[auth.client]]` exists, and are refused otherwise.
+    pub anonymous: Option<ClientRules>,
+    /// One entry per client or per role.
+    #[serde(rename = "client")]
+    pub clients: Vec<ClientRules>,
+    /// Refusal window after the first failed attempt from an address, in ms; it
+    /// doubles with each further failure.
+    pub backoff_ms: u64,
+    /// Longest refusal window, in ms; an address quiet this long past its window is
+    /// forgotten.
+    pub backoff_max_ms: u64,
+    /// Addresses whose failures are remembered at once; when full, expired entries
+    /// go first, then the one whose window ends soonest.
+    pub tracked_addresses: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            anonymous: None,
+            clients: Vec::new(),
+            backoff_ms: 1_000,
+            backoff_max_ms: 60_000,
+            tracked_addresses: 4_096,
+        }
+    }
+}
+
+/// One `[[auth.client]]` entry (or the `[auth.anonymous]` table): who, and the rules.
+/// Every rule list holds topic filters (`+`, `#`); an absent list allows nothing,
+/// except `rooms` and `telemetry`, which default to what `read` allows.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientRules {
+    /// The credential's name: in logs, `$clients/<session>` and resume checks.
+    pub name: String,
+    /// `sha256:<salt>:<digest>` of the client's token (`avbus token new`).
+    pub token_hash: Option<String>,
+    /// SHA-256 fingerprint of the client's TLS certificate (hex, `:` optional).
+    pub cert_sha256: Option<String>,
+    /// Everything, including `$sys/...` and `$clients/...` (the operator).
+    pub all: bool,
+    /// Subscribe and `get`; also the descriptors `$devices/<room>/<device>` of the
+    /// devices these filters reach.
+    pub read: Vec<String>,
+    /// `pub` to topics that are not another adapter's device controls.
+    pub publish: Vec<String>,
+    /// `set` and `call`.
+    pub command: Vec<String>,
+    /// Device keys (`<room>/<device>`) this client may declare.
+    pub declare: Vec<String>,
+    /// Rooms this client may join (and say something in).
+    pub rooms: Option<Vec<String>>,
+    /// Telemetry streams this client may subscribe to.
+    pub telemetry: Option<Vec<String>>,
+}
+
+/// `[tls]`: the TCP listener speaks TLS (rustls) with this certificate.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file: the bus's certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file: the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Ask clients for a certificate; one whose fingerprint an `[[auth.client]]`
+    /// names (`cert_sha256`) is that client, with no token needed.
+    #[serde(default)]
+    pub client_certs: bool,
+}
+
 /// A configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -266,7 +375,13 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse(&text, &path.display().to_string())
+        let mut cfg = Config::parse(&text, &path.display().to_string())?;
+        // TLS files are relative to the configuration file.
+        if let (Some(tls), Some(dir)) = (cfg.tls.as_mut(), path.parent()) {
+            tls.cert = dir.join(&tls.cert);
+            tls.key = dir.join(&tls.key);
+        }
+        Ok(cfg)
     }
 
     /// Parses configuration text; `origin` names it in errors.
@@ -295,6 +410,10 @@ impl Config {
             ("limits.max_topics", l.max_topics),
             ("limits.max_filters", l.max_filters),
             ("limits.max_connections", l.max_connections),
+            ("limits.client_msg_burst", l.client_msg_burst as usize),
+            ("limits.client_byte_burst", l.client_byte_burst as usize),
+            ("auth.backoff_ms", self.auth.backoff_ms as usize),
+            ("auth.tracked_addresses", self.auth.tracked_addresses),
             ("session.heartbeat_ms", self.session.heartbeat_ms as usize),
             ("session.handshake_ms", self.session.handshake_ms as usize),
             (
@@ -343,7 +462,15 @@ impl Config {
         if self.commands.default_timeout_ms > self.commands.max_timeout_ms {
             return Err("commands.default_timeout_ms exceeds commands.max_timeout_ms".into());
         }
-        Ok(())
+        if self.auth.backoff_ms > self.auth.backoff_max_ms {
+            return Err("auth.backoff_ms exceeds auth.backoff_max_ms".into());
+        }
+        crate::auth::Authenticator::new(self).map(|_| ())
+    }
+
+    /// Whether a listener accepts connections from beyond this host.
+    pub fn beyond_loopback(&self) -> bool {
+        !self.listen.tcp.ip().is_loopback()
     }
 
     /// Heartbeat interval.

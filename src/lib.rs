@@ -6,6 +6,8 @@
 //! * [`model`]: device descriptors, typed controls, command validation;
 //! * [`protocol`]: the wire messages and their framing;
 //! * [`config`]: the TOML configuration and its defaults;
+//! * [`auth`]: credentials, the rules attached to them, guessing backoff;
+//! * [`tls`]: rustls on the bus's listeners and in the client;
 //! * [`bus`]: the bus process (listeners, router, connections, outboxes);
 //! * [`gateway`]: HTTP and WebSocket for browsers (the panel, the JavaScript client);
 //! * [`client`]: the Rust client library for panels, adapters and tools;
@@ -15,6 +17,7 @@
 //!
 //! `docs/architecture.md` explains the tasks, channels and their bounds.
 
+pub mod auth;
 pub mod bench;
 pub mod bus;
 pub mod cli;
@@ -26,5 +29,6 @@ pub mod gateway;
 pub mod model;
 pub mod protocol;
 pub mod telemetry;
+pub mod tls;
 pub mod topic;
 pub mod value;

@@ -59,7 +59,14 @@ async fn serve(cfg: avbus::config::Config) -> Result<(), String> {
     let hosted = if devices.is_empty() {
         None
     } else {
-        let opts = ClientOptions::local(handle.local(), "hosted-adapters").role(Role::Adapter);
+        // Hosted adapters may declare exactly the configured devices, nothing else.
+        let keys: Vec<String> = devices
+            .iter()
+            .map(|d| format!("{}/{}", d.room, d.name))
+            .collect();
+        let grant = avbus::auth::Grant::adapter_for("hosted-adapters", &keys)?;
+        let local = handle.local().with_grant(grant);
+        let opts = ClientOptions::local(local, "hosted-adapters").role(Role::Adapter);
         let client = Client::connect(opts).await.map_err(|e| e.to_string())?;
         let c = cancel.clone();
         Some(tokio::spawn(
@@ -77,14 +84,14 @@ async fn serve(cfg: avbus::config::Config) -> Result<(), String> {
 }
 
 /// `avbus adapter`: the configured devices' adapters as their own process, over TCP.
-async fn adapter(bus: &str, cfg: avbus::config::Config) -> Result<(), String> {
+async fn adapter(bus: &avbus::cli::BusArg, cfg: avbus::config::Config) -> Result<(), String> {
     if cfg.devices.is_empty() {
         return Err("the config file has no [[device]] entries".into());
     }
-    let opts = ClientOptions::tcp(bus, "adapter").role(Role::Adapter);
+    let opts = bus.options("adapter")?.role(Role::Adapter).reconnect(true);
     let client = Client::connect(opts)
         .await
-        .map_err(|e| format!("{bus}: {e}"))?;
+        .map_err(|e| format!("{}: {e}", bus.bus))?;
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     let devices = cfg.devices.clone();
@@ -163,7 +170,7 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
-                match adapter(&bus.bus, cfg).await {
+                match adapter(&bus, cfg).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("avbus adapter: {e}");

@@ -98,6 +98,8 @@ pub enum ErrorCode {
     Forbidden,
     /// Credentials refused at the handshake.
     Unauthorized,
+    /// A plaintext client on a TLS port (sent in plaintext, then the bus closes).
+    TlsRequired,
     // Protocol errors.
     /// Bytes that are not a MessagePack map with a known `t`.
     BadFrame,
@@ -144,6 +146,7 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TlsRequired => "tls_required",
             ErrorCode::BadFrame => "bad_frame",
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::BadMessage => "bad_message",
@@ -194,6 +197,7 @@ pub enum ClientMsg {
         v: u32,
         name: String,
         role: Role,
+        /// Nil, or `{token: "avbus_..."}` (docs/security.md).
         #[serde(default = "nil")]
         credentials: Value,
         #[serde(default, skip_serializing_if = "Option::is_none")]

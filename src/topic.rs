@@ -218,6 +218,61 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// Whether some topic matches both filters (both assumed valid). Used to refuse a
+/// subscription that could never deliver anything the client may read.
+pub fn intersects(a: &str, b: &str) -> bool {
+    // A filter starting with a wildcard matches no `$` name, so it shares nothing with
+    // a filter whose first level is a literal `$` name.
+    let wild = |f: &str| f.starts_with('+') || f.starts_with('#');
+    if (wild(a) && b.starts_with('$')) || (wild(b) && a.starts_with('$')) {
+        return false;
+    }
+    let mut x = a.split('/');
+    let mut y = b.split('/');
+    loop {
+        match (x.next(), y.next()) {
+            (Some("#"), _) | (_, Some("#")) | (None, None) => return true,
+            (Some(l), Some(r)) if l == "+" || r == "+" || l == r => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Whether every topic matching `inner` also matches `outer` (both assumed valid).
+/// A subscription covered by a read rule needs no per-topic check on delivery.
+pub fn covers(outer: &str, inner: &str) -> bool {
+    let wild = |f: &str| f.starts_with('+') || f.starts_with('#');
+    if wild(outer) && inner.starts_with('$') {
+        return false;
+    }
+    let mut o = outer.split('/');
+    let mut i = inner.split('/');
+    let mut depth = 0;
+    loop {
+        match (o.next(), i.next()) {
+            (Some("#"), _) | (None, None) => return true,
+            // `inner` matches any number of further levels here: at least one at the
+            // top (names have a level), none below (`a/#` matches `a`). `outer` must
+            // take them all: some `+` (as many as are sure to exist), then `#`.
+            (Some(ol), Some("#")) => {
+                let pluses = std::iter::once(ol).chain(o.by_ref());
+                let mut sure = usize::from(depth == 0);
+                for l in pluses {
+                    match l {
+                        "#" => return true,
+                        "+" if sure > 0 => sure -= 1,
+                        _ => return false,
+                    }
+                }
+                return false;
+            }
+            (Some(ol), Some(il)) if ol == "+" || ol == il => {}
+            _ => return false,
+        }
+        depth += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +317,68 @@ mod tests {
         assert!(!matches("+/x", "$sys/x"));
         assert!(matches("$sys/#", "$sys/x"));
         assert!(!matches("a/b", "a/b/c"));
+    }
+
+    #[test]
+    fn intersecting_filters() {
+        assert!(intersects("#", "hall/x"));
+        assert!(intersects("+/+/power", "boardroom/#"));
+        assert!(intersects("a", "a/#"));
+        assert!(intersects("a/+", "+/b"));
+        assert!(!intersects("hall/#", "boardroom/#"));
+        assert!(!intersects("a/b", "a/b/c"));
+        assert!(!intersects("#", "$sys/#"));
+        assert!(!intersects("+/x", "$sys/x"));
+        assert!(intersects("$sys/#", "$sys/x"));
+        assert!(intersects("$devices/+/+", "$devices/boardroom/#"));
+    }
+
+    /// `intersects` and `covers` agree with `matches` over every small filter and
+    /// topic (levels `a`, `b`, `$s` first, `+`, `#`; depth 1 to 3, topics to 4).
+    #[test]
+    fn intersect_and_cover_agree_with_matching() {
+        fn names(alphabet: &[&str], depth: usize, first: &[&str]) -> Vec<String> {
+            let mut out: Vec<Vec<String>> = first.iter().map(|l| vec![l.to_string()]).collect();
+            let mut all: Vec<String> = out.iter().map(|v| v.join("/")).collect();
+            for _ in 1..depth {
+                out = out
+                    .iter()
+                    .filter(|v| v.last().map(String::as_str) != Some("#"))
+                    .flat_map(|v| {
+                        alphabet.iter().map(move |l| {
+                            let mut w = v.clone();
+                            w.push(l.to_string());
+                            w
+                        })
+                    })
+                    .collect();
+                all.extend(out.iter().map(|v| v.join("/")));
+            }
+            all
+        }
+        let filters = names(&["a", "b", "+", "#"], 3, &["a", "b", "+", "#", "$s"]);
+        let topics = names(&["a", "b"], 4, &["a", "b", "$s"]);
+        for f in &filters {
+            for g in &filters {
+                let both = topics.iter().any(|t| matches(f, t) && matches(g, t));
+                assert_eq!(intersects(f, g), both, "intersects({f}, {g})");
+                let cover = topics.iter().all(|t| !matches(g, t) || matches(f, t));
+                assert_eq!(covers(f, g), cover, "covers({f}, {g})");
+            }
+        }
+    }
+
+    #[test]
+    fn covering_filters() {
+        assert!(covers("boardroom/#", "boardroom/+/power"));
+        assert!(covers("boardroom/#", "boardroom"));
+        assert!(covers("+/+/power", "a/b/power"));
+        assert!(covers("#", "a/#"));
+        assert!(!covers("#", "$sys/#"));
+        assert!(!covers("boardroom/#", "#"));
+        assert!(!covers("boardroom/+", "boardroom/#"));
+        assert!(!covers("a/b", "a/+"));
+        assert!(!covers("a", "a/#"));
+        assert!(covers("$sys/#", "$sys/x"));
     }
 }

@@ -361,6 +361,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Busy,
         Forbidden,
         Unauthorized,
+        TlsRequired,
         BadFrame,
         FrameTooLarge,
         BadMessage,

@@ -6,7 +6,7 @@
 //! reader (decodes frames, answers pings, forwards the rest to the router) and one
 //! writer (takes everything queued, writes it with one reused buffer, flushes once).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,14 +18,18 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
+use super::guard::{bump, AddressSlots, GuardStats, Rate, RateLimit};
 use super::outbox::{DirectWrite, Drain, Item, Outbox, OutboxLimits};
 use super::router::{ConnId, Hello, RouterMsg};
 use super::tcp::SharedTcp;
 use super::telemetry::{HubHandle, HubMsg, TelemetrySlot};
+use crate::auth::{AuthRefusal, Authenticator, Backoff, Grant};
 use crate::config::Config;
 use crate::protocol::{
     decode_client, frame, BusMsg, ClientMsg, ErrorCode, SessionId, PROTOCOL_VERSION,
 };
+use crate::tls::ServerTls;
+use crate::value::Value;
 
 /// Bytes gathered before a write call; larger frames are written on their own.
 const WRITE_CHUNK: usize = 64 * 1024;
@@ -36,7 +40,20 @@ pub struct ConnCtx {
     pub router: mpsc::Sender<RouterMsg>,
     pub hub: HubHandle,
     pub next_conn: AtomicU64,
+    /// The credential table and anonymous policy.
+    pub auth: Authenticator,
+    /// Refusal windows of addresses that sent wrong credentials.
+    pub backoff: Arc<Backoff>,
+    /// Refusal counters for `$sys`.
+    pub guard: Arc<GuardStats>,
+    /// Connections per address.
+    pub slots: Arc<AddressSlots>,
+    /// TLS on the TCP listener, when `[tls]` is configured.
+    pub tls: Option<ServerTls>,
 }
+
+/// A refused handshake: the code and message of the final `error`.
+type Refusal = (ErrorCode, String);
 
 /// The length-prefixed framing: 4-byte big-endian length, bounded body.
 pub fn codec(max_frame: usize) -> LengthDelimitedCodec {
@@ -79,50 +96,107 @@ fn new_token() -> u64 {
     }
 }
 
-/// Runs one connection to its end. `ip` is the peer's address (`None` in-process):
-/// telemetry datagrams for this connection's token must come from it.
+/// Who is at the other end of a connection, as far as its transport knows.
+pub enum Peer {
+    /// A network client (TCP, TLS, or a gateway bridging one): `hello.credentials`
+    /// decide who it is, or the fingerprint of its TLS client certificate.
+    Net {
+        addr: SocketAddr,
+        cert: Option<[u8; 32]>,
+    },
+    /// An in-process client, with the rules its host gave it (no credentials, no
+    /// rate limits: the bus hosts it).
+    Local(Arc<Grant>),
+}
+
+impl Peer {
+    fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Peer::Net { addr, .. } => Some(addr.ip()),
+            Peer::Local(_) => None,
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Peer::Net { addr, .. } => addr.to_string(),
+            Peer::Local(g) => format!("in-process ({})", g.name),
+        }
+    }
+}
+
+/// Decides who the client is. Wrong credentials open (or extend) the address's
+/// refusal window; while it is open, attempts are refused without being checked.
+fn authenticate(peer: &Peer, credentials: &Value, ctx: &ConnCtx) -> Result<Arc<Grant>, Refusal> {
+    let (addr, cert) = match peer {
+        Peer::Local(g) => return Ok(g.clone()),
+        Peer::Net { addr, cert } => (addr, cert),
+    };
+    let now = std::time::Instant::now();
+    if let Some(left) = ctx.backoff.remaining(addr.ip(), now) {
+        bump(&ctx.guard.auth_throttled);
+        return Err((
+            ErrorCode::Unauthorized,
+            format!(
+                "too many failed attempts from {}: refused for another {} ms",
+                addr.ip(),
+                left.as_millis()
+            ),
+        ));
+    }
+    let cert = cert.as_ref().and_then(|fp| ctx.auth.by_cert(fp));
+    match ctx.auth.authenticate(credentials, cert) {
+        Ok(g) => {
+            ctx.backoff.success(addr.ip());
+            bump(&ctx.guard.auth_ok);
+            Ok(g)
+        }
+        Err(AuthRefusal::Missing) => {
+            bump(&ctx.guard.auth_missing);
+            Err((ErrorCode::Unauthorized, AuthRefusal::Missing.to_string()))
+        }
+        Err(e @ AuthRefusal::Wrong) => {
+            let window = ctx.backoff.fail(addr.ip(), now);
+            bump(&ctx.guard.auth_unauthorized);
+            tracing::warn!(peer = %addr, "wrong credentials");
+            Err((
+                ErrorCode::Unauthorized,
+                format!(
+                    "{e}; further attempts from {} are refused for {} ms",
+                    addr.ip(),
+                    window.as_millis()
+                ),
+            ))
+        }
+    }
+}
+
+/// Runs one connection to its end: handshake (with authentication), then the reader
+/// and writer. Any transport works; a gateway bridging WebSockets calls this with
+/// one end of a duplex pipe and [`Peer::Net`] naming the remote address.
 ///
 /// `slot`: a WebSocket client's telemetry goes there instead of UDP.
-pub async fn handle<S>(
-    stream: S,
-    peer: String,
-    ip: Option<IpAddr>,
-    slot: Option<Arc<TelemetrySlot>>,
-    ctx: Arc<ConnCtx>,
-) where
+pub async fn handle<S>(stream: S, peer: Peer, slot: Option<Arc<TelemetrySlot>>, ctx: Arc<ConnCtx>)
+where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
-    serve(rd, wr, None, peer, ip, slot, ctx).await;
+    serve(rd, wr, None, peer, slot, ctx).await;
 }
 
-/// Runs one TCP connection to its end; the router may write to it directly (see
-/// [`super::outbox::Outbox::flush`]).
-pub async fn handle_tcp(
-    stream: tokio::net::TcpStream,
-    peer: std::net::SocketAddr,
-    ctx: Arc<ConnCtx>,
-) {
+/// Runs one plain TCP connection to its end; the router may write to it directly
+/// (see [`super::outbox::Outbox::flush`]).
+pub async fn handle_tcp(stream: tokio::net::TcpStream, peer: Peer, ctx: Arc<ConnCtx>) {
     let shared = SharedTcp(Arc::new(stream));
     let direct: Arc<dyn DirectWrite> = Arc::new(shared.clone());
-    serve(
-        shared.clone(),
-        shared,
-        Some(direct),
-        peer.to_string(),
-        Some(peer.ip()),
-        None,
-        ctx,
-    )
-    .await;
+    serve(shared.clone(), shared, Some(direct), peer, None, ctx).await;
 }
 
 async fn serve<R, W>(
     rd: R,
     mut wr: W,
     direct: Option<Arc<dyn DirectWrite>>,
-    peer: String,
-    ip: Option<IpAddr>,
+    peer: Peer,
     slot: Option<Arc<TelemetrySlot>>,
     ctx: Arc<ConnCtx>,
 ) where
@@ -132,10 +206,15 @@ async fn serve<R, W>(
     let cfg = ctx.cfg.clone();
     let max = cfg.limits.max_frame_bytes;
     let mut reader = FramedRead::new(rd, codec(max));
+    let label = peer.label();
+    let ip = peer.ip();
 
     let handshake = Duration::from_millis(cfg.session.handshake_ms);
     let hello = match tokio::time::timeout(handshake, reader.next()).await {
-        Err(_) => Err((ErrorCode::HandshakeTimeout, format!("no hello within {} ms", cfg.session.handshake_ms))),
+        Err(_) => {
+            bump(&ctx.guard.handshake_timeouts);
+            Err((ErrorCode::HandshakeTimeout, format!("no hello within {} ms", cfg.session.handshake_ms)))
+        }
         Ok(None) => return,
         Ok(Some(Err(e))) => Err(read_error(&e, max)),
         Ok(Some(Ok(body))) => match decode_client(&body) {
@@ -143,7 +222,9 @@ async fn serve<R, W>(
                 ErrorCode::VersionMismatch,
                 format!("client speaks protocol version {v}, this bus speaks version {PROTOCOL_VERSION}"),
             )),
-            Ok(ClientMsg::Hello { name, role, resume, .. }) => Ok(Hello { name, role, resume, token: new_token() }),
+            Ok(ClientMsg::Hello { name, role, resume, credentials, .. }) => {
+                authenticate(&peer, &credentials, &ctx).map(|grant| Hello { name, role, resume, token: new_token(), grant })
+            }
             Ok(_) => Err((ErrorCode::Unexpected, "the first frame must be hello".into())),
             Err(e) => Err((e.code(), e.to_string())),
         },
@@ -151,12 +232,14 @@ async fn serve<R, W>(
     let hello = match hello {
         Ok(h) => h,
         Err((code, message)) => {
-            tracing::debug!(%peer, %code, message, "handshake refused");
+            tracing::debug!(peer = %label, %code, message, "handshake refused");
             let _ = wr.write_all(&error_frame(code, message)).await;
             let _ = wr.shutdown().await;
             return;
         }
     };
+    let grant = hello.grant.clone();
+    let limited = matches!(peer, Peer::Net { .. });
 
     let outbox = Outbox::with_direct(
         OutboxLimits {
@@ -180,7 +263,7 @@ async fn serve<R, W>(
         return;
     }
     let Ok(session) = rx.await else { return };
-    tracing::debug!(%peer, %session, %name, "connected");
+    tracing::debug!(peer = %label, %session, %name, credential = %grant.name, "connected");
     let _ = ctx
         .hub
         .ctl
@@ -190,6 +273,7 @@ async fn serve<R, W>(
             token,
             outbox: outbox.clone(),
             peer: ip,
+            grant,
             slot,
         })
         .await;
@@ -201,9 +285,21 @@ async fn serve<R, W>(
         session,
         conn,
     ));
-    let (reason, clean, writer_done) =
-        read_loop(&mut reader, &outbox, &ctx, session, conn, &mut writer).await;
-    tracing::debug!(%peer, %session, %name, reason, "connection ended");
+    let rate = if limited {
+        RateLimit::new(&cfg.limits, Instant::now())
+    } else {
+        None
+    };
+    let (reason, clean, writer_done) = read_loop(
+        &mut reader,
+        &outbox,
+        &ctx,
+        (session, conn),
+        rate,
+        &mut writer,
+    )
+    .await;
+    tracing::debug!(peer = %label, %session, %name, reason, "connection ended");
     let _ = ctx.hub.ctl.send(HubMsg::Detach { conn }).await;
     let _ = ctx
         .router
@@ -226,11 +322,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
     reader: &mut FramedRead<R, LengthDelimitedCodec>,
     outbox: &Outbox,
     ctx: &ConnCtx,
-    session: SessionId,
-    conn: ConnId,
+    (session, conn): (SessionId, ConnId),
+    mut rate: Option<RateLimit>,
     writer: &mut tokio::task::JoinHandle<()>,
 ) -> (String, bool, bool) {
     let max = ctx.cfg.limits.max_frame_bytes;
+    // Set while the client is over its rate: nothing is read until then.
+    let mut paused: Option<Instant> = None;
     let interval = ctx.cfg.heartbeat();
     let silent_limit = interval * ctx.cfg.session.heartbeat_misses;
     let mut last_rx = Instant::now();
@@ -241,7 +339,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         tokio::select! {
             // Frames from the client; FramedRead yields every complete frame already
             // buffered before it reads the socket again.
-            next = reader.next() => {
+            next = reader.next(), if paused.is_none() => {
                 let body = match next {
                     None => return ("closed by peer".into(), false, false),
                     Some(Err(e)) => {
@@ -252,6 +350,23 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     Some(Ok(body)) => body,
                 };
                 last_rx = Instant::now();
+                match rate.as_mut().map_or(Rate::Ok, |r| r.frame(body.len(), last_rx)) {
+                    Rate::Ok => {}
+                    Rate::Pause(until) => {
+                        bump(&ctx.guard.rate_throttled);
+                        paused = Some(until);
+                    }
+                    Rate::Close => {
+                        bump(&ctx.guard.rate_closed);
+                        let l = &ctx.cfg.limits;
+                        let message = format!(
+                            "over the rate of {} frames/s, {} bytes/s (0: no limit)",
+                            l.client_msgs_per_sec, l.client_bytes_per_sec
+                        );
+                        outbox.close(Some(error_frame(ErrorCode::Limit, message.clone())));
+                        return (format!("limit: {message}"), false, false);
+                    }
+                }
                 match decode_client(&body) {
                     Ok(ClientMsg::Ping { n }) => {
                         let _ = outbox.push(frame(&BusMsg::Pong { n }));
@@ -280,10 +395,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                 }
             }
-            // Heartbeat: ping when idle, drop when silent too long.
+            // Over the rate: reading resumes once the buckets are out of debt; TCP
+            // pushes back on the sender meanwhile.
+            _ = wait_until(paused), if paused.is_some() => {
+                paused = None;
+                last_rx = Instant::now();
+            }
+            // Heartbeat: ping when idle, drop when silent too long (not while the bus
+            // itself is not reading).
             _ = tick.tick() => {
                 let idle = last_rx.elapsed();
-                if idle >= silent_limit {
+                if paused.is_none() && idle >= silent_limit {
                     outbox.close(Some(frame(&BusMsg::Bye {
                         reason: "heartbeat_timeout".into(),
                         message: format!("nothing received for {} ms", idle.as_millis()),
@@ -299,6 +421,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
             // (replaced by a resume, slow consumer, shutdown).
             _ = &mut *writer => return ("closed by the bus".into(), false, true),
         }
+    }
+}
+
+/// Sleeps until `at` (forever without one; the select branch is disabled then).
+async fn wait_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

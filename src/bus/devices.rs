@@ -180,6 +180,9 @@ impl Router {
             return self.error(sid, Some(id), ErrorCode::InvalidDescriptor, e);
         }
         let key = desc.key();
+        if !self.may(sid, |g| g.declare.allows(&key)) {
+            return self.forbidden(sid, Some(id), format!("declaring {key}"));
+        }
         let max = self.cfg.limits.max_topics;
         if !self.devices.contains_key(&key) && self.retained_count() + desc.controls.len() + 2 > max
         {
@@ -441,6 +444,11 @@ impl Router {
             if let Some(f) = s.answers.get(Kind::Command, id) {
                 return self.send(sid, f);
             }
+        }
+        // Checked before the topic is looked up, so a refusal says nothing about
+        // what exists there.
+        if !self.may(sid, |g| g.command.allows(topic)) {
+            return self.forbidden(sid, Some(id), format!("commanding {topic}"));
         }
         if let Err((code, message)) = self.route(sid, id, topic, op, value, timeout_ms) {
             self.command_error(sid, id, code, message);

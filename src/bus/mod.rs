@@ -2,21 +2,24 @@
 //!
 //! ```text
 //!  TCP accept ─┐                      ┌─ router (one task: topics, retained, replay,
-//!  in-process ─┤─> connection tasks ──┤   sessions, rooms, devices, commands)
-//!   (duplex)   │  reader ──(ROUTER_QUEUE)──┘        │ try-push, never awaits
-//!  WebSocket ──┘  writer <──── Outbox (bounded, conflating) <─┘
-//!   (gateway bridge over duplex)
+//!  in-process ─┴─> connection tasks ──┤   sessions, rooms, devices, commands)
+//!   (duplex)      reader ──(ROUTER_QUEUE)──┘        │ try-push, never awaits
+//!                 writer <──── Outbox (bounded, conflating) <─┘
 //! ```
 //!
 //! [`start`] binds and spawns everything and returns a [`BusHandle`]; [`serve`] runs
 //! until a shutdown future resolves, then says goodbye to every client.
 
-mod connection;
+pub mod connection;
 mod devices;
+pub mod guard;
 pub mod outbox;
+mod reads;
 mod replay;
+mod rooms;
 pub mod router;
 mod subs;
+mod sys;
 mod tcp;
 pub mod telemetry;
 
@@ -31,13 +34,16 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use connection::codec;
+pub use connection::{codec, Peer};
 use connection::{handle, ConnCtx};
+use guard::{bump, AddressSlots, GuardStats};
 use router::{Router, ROUTER_QUEUE};
 
+use crate::auth::{Authenticator, Backoff, Grant};
 use crate::config::Config;
 use crate::gateway::WebControl;
 use crate::protocol::{frame, BusMsg, Epoch, ErrorCode};
+use crate::tls::ServerTls;
 
 /// Bytes buffered in each direction of an in-process connection.
 const LOCAL_PIPE: usize = 256 * 1024;
@@ -47,10 +53,16 @@ const LOCAL_BACKLOG: usize = 64;
 /// Opens in-process connections to a running bus, for adapters hosted inside it.
 /// They speak the same protocol over a `tokio::io::duplex` pipe, so an adapter runs
 /// unchanged in-process or as its own process over TCP.
+///
+/// In-process clients present no credentials: the connector carries the rules the
+/// host gives them. [`BusHandle::local`] gives everything (the host is the bus's own
+/// code); [`LocalConnector::with_grant`] narrows it, e.g. to declaring only the
+/// devices of the configuration ([`Grant::adapter_for`]).
 #[derive(Clone)]
 pub struct LocalConnector {
-    tx: mpsc::Sender<DuplexStream>,
+    tx: mpsc::Sender<(DuplexStream, Arc<Grant>)>,
     hub: telemetry::HubHandle,
+    grant: Arc<Grant>,
 }
 
 impl LocalConnector {
@@ -60,16 +72,24 @@ impl LocalConnector {
         self.hub.clone()
     }
 
+    /// The same connector, for clients with these rules.
+    pub fn with_grant(&self, grant: Arc<Grant>) -> LocalConnector {
+        LocalConnector {
+            grant,
+            ..self.clone()
+        }
+    }
+
     /// Opens a connection; `None` when the bus has stopped.
     pub async fn connect(&self) -> Option<DuplexStream> {
         let (ours, theirs) = tokio::io::duplex(LOCAL_PIPE);
-        self.tx.send(theirs).await.ok()?;
+        self.tx.send((theirs, self.grant.clone())).await.ok()?;
         Some(ours)
     }
 }
 
-/// Starts connections on byte streams, within `limits.max_connections`: the TCP
-/// listener and the WebSocket gateway's bridges share it.
+/// Starts connections within `limits.max_connections` (and the per-address limit):
+/// the TCP listener and the WebSocket gateway's bridges share it.
 #[derive(Clone)]
 pub(crate) struct Connections {
     ctx: Arc<ConnCtx>,
@@ -78,52 +98,28 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
-    /// Runs the connection protocol on `stream`; gives the stream back when the bus
-    /// already holds `max_connections` connections.
-    fn attach<S>(
-        &self,
-        stream: S,
-        peer: String,
-        slot: Option<Arc<telemetry::TelemetrySlot>>,
-    ) -> Result<(), S>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-    {
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            return Err(stream);
-        };
-        let ctx = self.ctx.clone();
-        self.tracker.spawn(async move {
-            handle(stream, peer, None, slot, ctx).await;
-            drop(permit);
-        });
-        Ok(())
-    }
-
-    /// Runs the connection protocol on a TCP stream (which the router may write to
-    /// directly); gives it back at `max_connections`.
-    fn attach_tcp(&self, stream: TcpStream, peer: SocketAddr) -> Result<(), TcpStream> {
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            return Err(stream);
-        };
-        let ctx = self.ctx.clone();
-        self.tracker.spawn(async move {
-            connection::handle_tcp(stream, peer, ctx).await;
-            drop(permit);
-        });
-        Ok(())
-    }
-
     /// Opens a connection whose client end is an in-process pipe (a WebSocket
-    /// bridge's); `None` at `max_connections`.
-    /// Its telemetry goes to the returned slot (sent over the WebSocket).
+    /// bridge's) for the browser at `addr`; its telemetry goes to the returned slot
+    /// (sent over the WebSocket). `None` at `max_connections` or the address's limit.
     pub(crate) fn pipe(
         &self,
-        peer: String,
+        addr: SocketAddr,
     ) -> Option<(DuplexStream, Arc<telemetry::TelemetrySlot>)> {
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            bump(&self.ctx.guard.connections_refused);
+            return None;
+        };
+        let Some(per_address) = self.ctx.slots.acquire(addr.ip()) else {
+            bump(&self.ctx.guard.address_refused);
+            return None;
+        };
         let (ours, theirs) = tokio::io::duplex(crate::gateway::bridge::BRIDGE_PIPE);
         let slot = Arc::new(telemetry::TelemetrySlot::default());
-        self.attach(theirs, peer, Some(slot.clone())).ok()?;
+        let (ctx, tslot) = (self.ctx.clone(), slot.clone());
+        self.tracker.spawn(async move {
+            handle(theirs, Peer::Net { addr, cert: None }, Some(tslot), ctx).await;
+            drop((permit, per_address));
+        });
         Some((ours, slot))
     }
 }
@@ -138,8 +134,11 @@ pub struct BusHandle {
     pub http: Option<SocketAddr>,
     /// This run's epoch.
     pub epoch: Epoch,
+    /// Whether the TCP listener speaks TLS.
+    pub tls: bool,
     local: LocalConnector,
     web: Option<WebControl>,
+    guard: Arc<GuardStats>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -150,7 +149,8 @@ impl BusHandle {
         self.local.hub()
     }
 
-    /// A connector for in-process clients.
+    /// A connector for in-process clients, allowed everything (see
+    /// [`LocalConnector::with_grant`]).
     pub fn local(&self) -> LocalConnector {
         self.local.clone()
     }
@@ -158,6 +158,12 @@ impl BusHandle {
     /// The WebSocket gateway's controls, unless `listen.http` is off.
     pub fn web(&self) -> Option<&WebControl> {
         self.web.as_ref()
+    }
+
+    /// The refusal counters also published under `$sys/auth`, `$sys/limits`,
+    /// `$sys/tls`.
+    pub fn guard_stats(&self) -> Arc<GuardStats> {
+        self.guard.clone()
     }
 
     /// The token that stops the bus when cancelled.
@@ -182,8 +188,34 @@ impl BusHandle {
 /// Binds the listeners and starts the router; returns once everything is bound.
 ///
 /// # Errors
-/// The bind error, naming the address.
+/// The bind error, naming the address; an `[auth]` or `[tls]` configuration that
+/// cannot be used (`InvalidInput`), including a bus listening beyond loopback with
+/// no credentials and no explicit anonymous access.
 pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let auth = Authenticator::new(&cfg).map_err(invalid)?;
+    let tls = match &cfg.tls {
+        Some(t) => Some(ServerTls::load(t).map_err(|e| invalid(format!("[tls]: {e}")))?),
+        None => None,
+    };
+    let backoff = Arc::new(Backoff::new(
+        Duration::from_millis(cfg.auth.backoff_ms),
+        Duration::from_millis(cfg.auth.backoff_max_ms),
+        cfg.auth.tracked_addresses,
+    ));
+    let guard = Arc::new(GuardStats::default());
+    let l = &cfg.limits;
+    if cfg.beyond_loopback()
+        && (l.client_msgs_per_sec == 0
+            || l.client_bytes_per_sec == 0
+            || l.max_connections_per_address == 0)
+    {
+        tracing::warn!(
+            "listening beyond loopback without limits.client_msgs_per_sec, \
+             client_bytes_per_sec or max_connections_per_address: one client can \
+             use the whole bus (docs/security.md)"
+        );
+    }
     let cfg = Arc::new(cfg);
     let listener = TcpListener::bind(cfg.listen.tcp).await.map_err(|e| {
         std::io::Error::new(
@@ -192,22 +224,32 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
         )
     })?;
     let tcp = listener.local_addr()?;
-    let http_listener =
-        match cfg.listen.http {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-            })?),
-            None => None,
-        };
+    let http_listener = match cfg.listen.http {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+        })?),
+        None => None,
+    };
     let http = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let epoch = Epoch(fastrand::u64(1..u64::MAX));
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    let hub = telemetry::start(&cfg, cfg.listen.udp_addr(), cancel.clone(), &tracker)?;
+    let hub = telemetry::start(
+        &cfg,
+        cfg.listen.udp_addr(),
+        cancel.clone(),
+        &tracker,
+        guard.clone(),
+    )?;
     let udp = hub.udp;
     let (router_tx, router_rx) = mpsc::channel(ROUTER_QUEUE);
-    let router = Router::new(cfg.clone(), epoch, hub.clone());
+    let router = Router::new(
+        cfg.clone(),
+        epoch,
+        hub.clone(),
+        (guard.clone(), backoff.clone()),
+    );
     let router_cancel = cancel.clone();
     tracker.spawn(router.run(router_rx, router_cancel));
 
@@ -217,6 +259,11 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
         router: router_tx,
         hub: hub.clone(),
         next_conn: AtomicU64::new(1),
+        auth,
+        backoff,
+        guard: guard.clone(),
+        slots: AddressSlots::new(cfg.limits.max_connections_per_address),
+        tls,
     });
     let connections = Connections {
         ctx,
@@ -248,11 +295,14 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
         udp,
         http,
         epoch,
+        tls: cfg.tls.is_some(),
         local: LocalConnector {
             tx: local_tx,
             hub: hub.clone(),
+            grant: Grant::everything("in-process"),
         },
         web,
+        guard,
         cancel,
         tracker,
     })
@@ -260,23 +310,34 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
 
 async fn accept_loop(
     listener: TcpListener,
-    mut local: mpsc::Receiver<DuplexStream>,
+    mut local: mpsc::Receiver<(DuplexStream, Arc<Grant>)>,
     connections: Connections,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let (ctx, slots) = (connections.ctx, connections.slots);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    if let Err(mut stream) = connections.attach_tcp(stream, peer) {
-                        tracker.spawn(async move {
-                            let f = frame(&BusMsg::Error { id: None, code: ErrorCode::Limit, message: "too many connections".into() });
-                            let _ = stream.write_all(&f).await;
-                        });
-                    }
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        bump(&ctx.guard.connections_refused);
+                        tracker.spawn(refuse(stream, "too many connections".into()));
+                        continue;
+                    };
+                    let Some(slot) = ctx.slots.acquire(peer.ip()) else {
+                        bump(&ctx.guard.address_refused);
+                        let why = format!("too many connections from {}", peer.ip());
+                        tracker.spawn(refuse(stream, why));
+                        continue;
+                    };
+                    let ctx = ctx.clone();
+                    tracker.spawn(async move {
+                        serve_tcp(stream, peer, ctx).await;
+                        drop((permit, slot));
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: log, pause briefly so the
@@ -285,10 +346,39 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some(pipe) = local.recv() => {
-                let ctx = connections.ctx.clone();
-                tracker.spawn(handle(pipe, "in-process".into(), None, None, ctx));
+            Some((pipe, grant)) = local.recv() => {
+                let ctx = ctx.clone();
+                tracker.spawn(handle(pipe, Peer::Local(grant), None, ctx));
             }
+        }
+    }
+}
+
+/// Tells a connection over a limit why, before any handshake, and drops it.
+async fn refuse(mut stream: TcpStream, message: String) {
+    let f = frame(&BusMsg::Error {
+        id: None,
+        code: ErrorCode::Limit,
+        message,
+    });
+    let _ = stream.write_all(&f).await;
+}
+
+/// One accepted TCP connection: TLS first when configured (within the handshake
+/// deadline), then the protocol.
+async fn serve_tcp(stream: TcpStream, addr: SocketAddr, ctx: Arc<ConnCtx>) {
+    let Some(tls) = &ctx.tls else {
+        // Plain TCP: the router may write to it directly.
+        let peer = Peer::Net { addr, cert: None };
+        return connection::handle_tcp(stream, peer, ctx).await;
+    };
+    let deadline = Duration::from_millis(ctx.cfg.session.handshake_ms);
+    match tls.accept(stream, deadline).await {
+        Ok((stream, cert)) => handle(stream, Peer::Net { addr, cert }, None, ctx).await,
+        Err(crate::tls::AcceptError::Plaintext) => bump(&ctx.guard.tls_plaintext),
+        Err(e) => {
+            bump(&ctx.guard.tls_failed);
+            tracing::debug!(peer = %addr, error = %e, "TLS refused");
         }
     }
 }
@@ -319,6 +409,7 @@ pub fn ready_line(handle: &BusHandle) -> String {
             "udp": handle.udp.to_string(),
             "http": handle.http.map(|a| a.to_string()),
             "epoch": handle.epoch.0,
+            "tls": handle.tls,
             "pid": std::process::id(),
         }
     })

@@ -6,9 +6,13 @@
 //! connection. Because one task applies every change in order, a subscriber's snapshot
 //! and its live stream meet with no gap and no duplicate: the snapshot is taken and
 //! queued between two publishes, and every later publish is queued after it.
+//!
+//! The router's other halves: `devices.rs` (descriptors, commands, liveness),
+//! `reads.rs` (subscribe, `get`, snapshots, resume), `rooms.rs` (rooms and
+//! presence), `sys.rs` (`$sys` and `$clients`). Every client action is checked
+//! against the session's [`Grant`] before it touches state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,15 +23,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use super::devices::{DeviceEntry, PendingCmd};
+use super::guard::{bump, GuardStats};
 use super::outbox::{Outbox, OutboxStats, Pushed};
 use super::replay::ReplayLog;
 use super::subs::SubTree;
 use super::telemetry::HubHandle;
+use crate::auth::{Backoff, Grant};
 use crate::config::Config;
 use crate::model::Quality;
 use crate::protocol::{
-    encode_frame, frame, now_ms, BusMsg, ClientMsg, Epoch, ErrorCode, Member, Resume, Role, Seq,
-    SessionId, UpdateRef,
+    encode_frame, frame, now_ms, BusMsg, ClientMsg, Epoch, ErrorCode, Resume, Role, Seq, SessionId,
+    UpdateRef,
 };
 use crate::topic::{Filter, Topic};
 use crate::value::Value;
@@ -41,9 +47,6 @@ const BATCH: usize = 512;
 /// again without running twice.
 const ANSWER_CACHE: usize = 256;
 
-/// Rooms one session may be in (a panel is in one or a few).
-const MAX_ROOMS: usize = 256;
-
 /// Identifies one TCP (or in-process) connection, to ignore messages from a
 /// connection that a resume has replaced.
 pub type ConnId = u64;
@@ -55,6 +58,8 @@ pub struct Hello {
     pub resume: Option<Resume>,
     /// This connection's telemetry token (for `welcome`).
     pub token: u64,
+    /// What the client may do, from its credentials.
+    pub grant: Arc<Grant>,
 }
 
 /// Messages to the router.
@@ -96,6 +101,11 @@ pub(super) struct Session {
     pub inflight: HashSet<u64>,
     pub pressed: HashSet<Arc<str>>,
     pub devices: BTreeSet<String>,
+    pub grant: Arc<Grant>,
+    /// Some filter reaches beyond what the grant may read, so every delivered topic
+    /// is checked; false for most sessions (their filters lie within their rules),
+    /// which then cost nothing extra per update.
+    pub screen: bool,
 }
 
 /// What kind of request an answer belongs to: ids are the client's, and a raw client
@@ -131,8 +141,8 @@ impl AnswerCache {
     }
 }
 
-struct Retained {
-    frame: Bytes,
+pub(super) struct Retained {
+    pub frame: Bytes,
 }
 
 /// Control-state fields of an update record.
@@ -148,19 +158,19 @@ pub(super) struct ControlFields<'a> {
 pub struct Router {
     pub(super) cfg: Arc<Config>,
     pub(super) epoch: Epoch,
-    seq: Seq,
-    retained: BTreeMap<Arc<str>, Retained>,
-    subs: SubTree,
+    pub(super) seq: Seq,
+    pub(super) retained: BTreeMap<Arc<str>, Retained>,
+    pub(super) subs: SubTree,
     pub(super) sessions: HashMap<SessionId, Session>,
-    next_session: u64,
-    replay: ReplayLog,
-    rooms: HashMap<String, BTreeSet<SessionId>>,
+    pub(super) next_session: u64,
+    pub(super) replay: ReplayLog,
+    pub(super) rooms: HashMap<String, BTreeSet<SessionId>>,
     pub(super) devices: HashMap<String, DeviceEntry>,
     pub(super) pending: HashMap<u64, PendingCmd>,
     pub(super) deadlines: DelayQueue<u64>,
     pub(super) next_cmd: u64,
-    buf: BytesMut,
-    scratch: Vec<SessionId>,
+    pub(super) buf: BytesMut,
+    pub(super) scratch: Vec<SessionId>,
     /// The telemetry hub (never awaited: `try_send` only).
     pub(super) hub: HubHandle,
     /// Telemetry aliases of meter topics, stable for the bus's run.
@@ -169,13 +179,22 @@ pub struct Router {
     pub(super) dirty: Vec<Arc<Outbox>>,
     /// Gathering buffer for direct writes (reused).
     wbuf: BytesMut,
-    sys_last: HashMap<String, Value>,
-    totals: OutboxStats,
-    connections: usize,
+    pub(super) sys_last: HashMap<String, Value>,
+    pub(super) totals: OutboxStats,
+    pub(super) connections: usize,
+    /// Refusal counters (shared with connections and the hub) and the address
+    /// backoff, both published under `$sys`.
+    pub(super) guard: Arc<GuardStats>,
+    pub(super) backoff: Arc<Backoff>,
 }
 
 impl Router {
-    pub fn new(cfg: Arc<Config>, epoch: Epoch, hub: HubHandle) -> Router {
+    pub fn new(
+        cfg: Arc<Config>,
+        epoch: Epoch,
+        hub: HubHandle,
+        (guard, backoff): (Arc<GuardStats>, Arc<Backoff>),
+    ) -> Router {
         let replay = ReplayLog::new(cfg.limits.replay_entries, cfg.limits.replay_bytes);
         Router {
             cfg,
@@ -200,6 +219,8 @@ impl Router {
             sys_last: HashMap::new(),
             totals: OutboxStats::default(),
             connections: 0,
+            guard,
+            backoff,
         }
     }
 
@@ -312,9 +333,14 @@ impl Router {
         reply: oneshot::Sender<SessionId>,
     ) {
         self.connections += 1;
-        let resumable = hello
-            .resume
-            .filter(|r| r.epoch == self.epoch && self.sessions.contains_key(&r.session));
+        // A session resumes only under the credential that opened it: nobody takes
+        // over another client's session (and its rights) by naming its id.
+        let resumable = hello.resume.filter(|r| {
+            r.epoch == self.epoch
+                && self.sessions.get(&r.session).is_some_and(|s| {
+                    Arc::ptr_eq(&s.grant, &hello.grant) || s.grant.name == hello.grant.name
+                })
+        });
         let token = hello.token;
         let (sid, resumed) = match resumable {
             Some(r) => {
@@ -351,6 +377,8 @@ impl Router {
                         inflight: HashSet::new(),
                         pressed: HashSet::new(),
                         devices: BTreeSet::new(),
+                        grant: hello.grant,
+                        screen: false,
                     },
                 );
                 (sid, None)
@@ -376,20 +404,6 @@ impl Router {
             self.adapter_back(sid);
         }
         self.publish_presence(sid);
-    }
-
-    /// Sends a resumed session what it missed: a replay if the log still reaches
-    /// back to `last_seq`, otherwise a fresh snapshot marked `resync`.
-    fn resume(&mut self, sid: SessionId, last_seq: Seq) {
-        let filters: Vec<Filter> = self.sessions[&sid].filters.iter().cloned().collect();
-        if !self.replay.covers(last_seq, self.seq) {
-            self.send_snapshot(sid, 0, &filters, true);
-            return;
-        }
-        let frames = self
-            .replay
-            .since(last_seq, |t| filters.iter().any(|f| f.matches(t)));
-        self.send_batch(sid, 0, frames, false);
     }
 
     fn disconnected(&mut self, sid: SessionId, reason: &str, clean: bool) {
@@ -462,13 +476,6 @@ impl Router {
         self.publish_sys_value(format!("$sys/queues/{sid}"), Value::Nil);
     }
 
-    fn add_totals(&mut self, s: OutboxStats) {
-        self.totals.dropped += s.dropped;
-        self.totals.conflated += s.conflated;
-        self.totals.gaps += s.gaps;
-        self.totals.resyncs += s.resyncs;
-    }
-
     // ----- sending --------------------------------------------------------------
 
     /// Queues an answer for a session; a client that stopped reading is dropped.
@@ -533,63 +540,33 @@ impl Router {
         self.answer(sid, Kind::Command, id, f);
     }
 
-    fn ok(&mut self, sid: SessionId, id: u64, result: Value) {
-        self.send(sid, frame(&BusMsg::Ok { id, result }));
+    /// The session's grant.
+    pub(super) fn grant(&self, sid: SessionId) -> Option<Arc<Grant>> {
+        self.sessions.get(&sid).map(|s| s.grant.clone())
     }
 
-    fn send_snapshot(&mut self, sid: SessionId, id: u64, filters: &[Filter], resync: bool) {
-        let frames = self.snapshot(filters);
-        self.send_batch(sid, id, frames, resync);
+    /// Whether the session's grant passes `check` (no session: no).
+    pub(super) fn may(&self, sid: SessionId, check: impl FnOnce(&Grant) -> bool) -> bool {
+        self.sessions.get(&sid).is_some_and(|s| check(&s.grant))
     }
 
-    /// Queues `snapshot`, the frames and `synced` as one item, so nothing live can
-    /// come between them.
-    fn send_batch(&mut self, sid: SessionId, id: u64, frames: Vec<Bytes>, resync: bool) {
-        let Some(c) = self.sessions.get(&sid).and_then(|s| s.conn.as_ref()) else {
-            return;
-        };
-        let count = frames.len() as u64;
-        let mut batch = Vec::with_capacity(frames.len() + 2);
-        batch.push(frame(&BusMsg::Snapshot { id, count, resync }));
-        batch.extend(frames);
-        batch.push(frame(&BusMsg::Synced {
+    /// Refuses a request the session's grant does not allow (`forbidden`), counted
+    /// in `$sys/auth/forbidden`. The message names the action, never what exists.
+    pub(super) fn forbidden(&mut self, sid: SessionId, id: Option<u64>, what: String) {
+        bump(&self.guard.forbidden);
+        let name = self.sessions.get(&sid).map(|s| s.grant.name.clone());
+        let who = name.as_deref().unwrap_or("?");
+        tracing::debug!(session = %sid, credential = who, what, "forbidden");
+        self.error(
+            sid,
             id,
-            seq: self.seq,
-            count,
-            resync,
-        }));
-        c.outbox.push_batch(batch);
+            ErrorCode::Forbidden,
+            format!("{what}: not allowed for credential {who:?}"),
+        );
     }
 
-    /// Current retained frames matching any of `filters`, each topic once.
-    fn snapshot(&self, filters: &[Filter]) -> Vec<Bytes> {
-        let mut found: BTreeMap<&Arc<str>, &Bytes> = BTreeMap::new();
-        for f in filters {
-            if f.is_exact() {
-                if let Some((k, r)) = self.retained.get_key_value(f.as_str()) {
-                    found.insert(k, &r.frame);
-                }
-                continue;
-            }
-            let prefix = f.literal_prefix();
-            // `a/#` also matches `a` itself, which sorts before `a/`.
-            if let Some(parent) = f.as_str().strip_suffix("/#") {
-                if !parent.contains(['+', '#']) {
-                    if let Some((k, r)) = self.retained.get_key_value(parent) {
-                        found.insert(k, &r.frame);
-                    }
-                }
-            }
-            let range = self
-                .retained
-                .range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
-            for (k, r) in range.take_while(|(k, _)| k.starts_with(prefix)) {
-                if f.matches(k) {
-                    found.insert(k, &r.frame);
-                }
-            }
-        }
-        found.into_values().cloned().collect()
+    pub(super) fn ok(&mut self, sid: SessionId, id: u64, result: Value) {
+        self.send(sid, frame(&BusMsg::Ok { id, result }));
     }
 
     // ----- publishing -----------------------------------------------------------
@@ -636,7 +613,14 @@ impl Router {
         let mut targets = std::mem::take(&mut self.scratch);
         self.subs.matches(topic, &mut targets);
         for sid in &targets {
-            if let Some(c) = self.sessions.get(sid).and_then(|s| s.conn.as_ref()) {
+            let Some(s) = self.sessions.get(sid) else {
+                continue;
+            };
+            // Only sessions with a filter wider than their read rules pay for a check.
+            if s.screen && !s.grant.read.allows(topic) {
+                continue;
+            }
+            if let Some(c) = &s.conn {
                 match c.outbox.push_update(topic, seq, &frame, retain) {
                     Pushed::Queued { flush: true } => self.dirty.push(c.outbox.clone()),
                     Pushed::Conflated => tracing::trace!(session = %sid, %topic, "conflated"),
@@ -665,88 +649,6 @@ impl Router {
         }
     }
 
-    /// Publishes a bus-owned (`$`) topic if its value changed.
-    fn publish_sys_value(&mut self, topic: String, value: Value) {
-        if self.sys_last.get(&topic) == Some(&value) {
-            return;
-        }
-        let t: Arc<str> = topic.as_str().into();
-        self.publish(&t, &value, true, ControlFields::default());
-        if value.is_nil() {
-            self.sys_last.remove(&topic);
-        } else {
-            self.sys_last.insert(topic, value);
-        }
-    }
-
-    fn publish_presence(&mut self, sid: SessionId) {
-        let Some(s) = self.sessions.get(&sid) else {
-            return;
-        };
-        let v = map(vec![
-            ("name", Value::from(s.name.as_str())),
-            ("role", Value::from(s.role.as_str())),
-            ("connected", Value::Boolean(s.conn.is_some())),
-            (
-                "rooms",
-                Value::Array(s.rooms.iter().map(|r| Value::from(r.as_str())).collect()),
-            ),
-        ]);
-        self.publish_sys_value(format!("$clients/{sid}"), v);
-    }
-
-    fn publish_sys(&mut self) {
-        let mut totals = self.totals;
-        let mut queues = Vec::new();
-        for (sid, s) in &self.sessions {
-            if let Some(c) = &s.conn {
-                let st = c.outbox.stats();
-                totals.dropped += st.dropped;
-                totals.conflated += st.conflated;
-                totals.gaps += st.gaps;
-                totals.resyncs += st.resyncs;
-                queues.push((*sid, st));
-            }
-        }
-        let l = &self.cfg.limits;
-        let (limit_frames, limit_bytes) = (l.outbox_frames as u64, l.outbox_bytes as u64);
-        for (sid, st) in queues {
-            let v = map(vec![
-                ("frames", Value::from(st.frames as u64)),
-                ("bytes", Value::from(st.bytes as u64)),
-                ("conflated_now", Value::from(st.conflated_now as u64)),
-                ("peak_frames", Value::from(st.peak_frames as u64)),
-                ("peak_bytes", Value::from(st.peak_bytes as u64)),
-                ("limit_frames", Value::from(limit_frames)),
-                ("limit_bytes", Value::from(limit_bytes)),
-                ("dropped", Value::from(st.dropped)),
-                ("conflated", Value::from(st.conflated)),
-                ("gaps", Value::from(st.gaps)),
-            ]);
-            self.publish_sys_value(format!("$sys/queues/{sid}"), v);
-        }
-        let counters = [
-            ("connections", self.connections as u64),
-            ("sessions", self.sessions.len() as u64),
-            ("topics", self.retained.len() as u64),
-            ("subscriptions", self.subs.filter_count() as u64),
-            ("devices", self.devices.len() as u64),
-            ("replay_entries", self.replay.entries() as u64),
-            ("replay_bytes", self.replay.bytes() as u64),
-            ("dropped", totals.dropped),
-            ("conflated", totals.conflated),
-            ("gaps", totals.gaps),
-            ("resyncs", totals.resyncs),
-            ("commands_pending", self.pending.len() as u64),
-        ];
-        for (name, v) in counters {
-            self.publish_sys_value(format!("$sys/{name}"), Value::from(v));
-        }
-        for (name, v) in self.hub.stats.snapshot() {
-            self.publish_sys_value(format!("$sys/telemetry/{name}"), Value::from(v));
-        }
-    }
-
     // ----- client messages ------------------------------------------------------
 
     fn client_msg(&mut self, sid: SessionId, msg: ClientMsg) {
@@ -761,6 +663,9 @@ impl Router {
                             }
                         }
                     }
+                }
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.screen = s.filters.iter().any(|f| !s.grant.read.covers(f));
                 }
                 self.ok(sid, id, Value::Nil);
             }
@@ -825,79 +730,6 @@ impl Router {
         }
     }
 
-    fn subscribe(&mut self, sid: SessionId, id: u64, raw: &[String]) {
-        let mut filters = Vec::with_capacity(raw.len());
-        for f in raw {
-            match Filter::new(f) {
-                Ok(f) => filters.push(f),
-                Err(e) => {
-                    return self.error(
-                        sid,
-                        Some(id),
-                        ErrorCode::InvalidFilter,
-                        format!("{f:?}: {e}"),
-                    )
-                }
-            }
-        }
-        let max = self.cfg.limits.max_filters;
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        let new = filters.iter().filter(|f| !s.filters.contains(*f)).count();
-        if s.filters.len() + new > max {
-            return self.error(
-                sid,
-                Some(id),
-                ErrorCode::Limit,
-                format!("a session may hold at most {max} filters"),
-            );
-        }
-        for f in &filters {
-            if s.filters.insert(f.clone()) {
-                self.subs.insert(f, sid);
-            }
-        }
-        self.send_snapshot(sid, id, &filters, false);
-    }
-
-    fn get(&mut self, sid: SessionId, id: u64, topic: &str) {
-        if let Some(online) = self.meter_online(topic) {
-            // Meter values live in the telemetry hub, which answers.
-            let Some(outbox) = self
-                .sessions
-                .get(&sid)
-                .and_then(|s| s.conn.as_ref())
-                .map(|c| c.outbox.clone())
-            else {
-                return;
-            };
-            let msg = super::telemetry::HubMsg::Get {
-                outbox,
-                id,
-                topic: topic.to_owned(),
-                seq: self.seq.0,
-                online,
-            };
-            if !self.hub.try_ctl(msg) {
-                self.error(sid, Some(id), ErrorCode::Busy, "telemetry hub busy".into());
-            }
-            return;
-        }
-        let record = self.retained.get(topic).and_then(|r| {
-            rmpv::decode::read_value(&mut &r.frame[crate::protocol::LEN_PREFIX..]).ok()
-        });
-        match record {
-            Some(v) => self.ok(sid, id, v),
-            None => self.error(
-                sid,
-                Some(id),
-                ErrorCode::UnknownTopic,
-                format!("{topic} has no retained value"),
-            ),
-        }
-    }
-
     fn client_publish(
         &mut self,
         sid: SessionId,
@@ -921,12 +753,19 @@ impl Router {
             }
         }
         if topic.is_reserved() {
-            return self.error(
+            return self.forbidden(
                 sid,
                 id,
-                ErrorCode::Forbidden,
-                format!("{topic}: `$` topics belong to the bus"),
+                format!("publishing {topic}: `$` topics belong to the bus"),
             );
+        }
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        // An adapter's own device controls are its to publish (owning the device is
+        // the permission); everything else needs a `publish` rule.
+        if !s.grant.publish.allows(topic.as_str()) && !owns_control(&s.devices, topic.as_str()) {
+            return self.forbidden(sid, id, format!("publishing {topic}"));
         }
         let seq = match self.device_publish(sid, &topic, &value, quality) {
             Some(Ok(seq)) => seq,
@@ -954,115 +793,13 @@ impl Router {
             self.answer(sid, Kind::Publish, id, frame(&BusMsg::Puback { id, seq }));
         }
     }
+}
 
-    // ----- rooms ----------------------------------------------------------------
-
-    fn member(&self, sid: SessionId) -> Option<Member> {
-        self.sessions.get(&sid).map(|s| Member {
-            session: sid,
-            name: s.name.clone(),
-            role: s.role,
-        })
-    }
-
-    fn join(&mut self, sid: SessionId, id: u64, room: String) {
-        if let Err(why) = crate::model::check_level("room", &room) {
-            return self.error(sid, Some(id), ErrorCode::InvalidTopic, why);
-        }
-        let joined = self.sessions.get(&sid).map_or(0, |s| s.rooms.len());
-        if joined >= MAX_ROOMS && !self.rooms.get(&room).is_some_and(|m| m.contains(&sid)) {
-            return self.error(
-                sid,
-                Some(id),
-                ErrorCode::Limit,
-                format!("a session may be in at most {MAX_ROOMS} rooms"),
-            );
-        }
-        let Some(me) = self.member(sid) else {
-            return;
-        };
-        let members = self.rooms.entry(room.clone()).or_default();
-        let fresh = members.insert(sid);
-        let list: Vec<SessionId> = members.iter().copied().collect();
-        if let Some(s) = self.sessions.get_mut(&sid) {
-            s.rooms.insert(room.clone());
-        }
-        if fresh {
-            let f = frame(&BusMsg::Presence {
-                room: room.clone(),
-                session: sid,
-                name: me.name,
-                role: me.role,
-                joined: true,
-            });
-            for m in list.iter().filter(|m| **m != sid) {
-                self.send(*m, f.clone());
-            }
-            self.publish_presence(sid);
-        }
-        let result = list
-            .iter()
-            .filter_map(|m| self.member(*m))
-            .map(|m| crate::value::to_value(&m))
-            .collect();
-        self.ok(sid, id, Value::Array(result));
-    }
-
-    fn leave_room(&mut self, sid: SessionId, room: &str) {
-        let Some(members) = self.rooms.get_mut(room) else {
-            return;
-        };
-        if !members.remove(&sid) {
-            return;
-        }
-        let rest: Vec<SessionId> = members.iter().copied().collect();
-        if rest.is_empty() {
-            self.rooms.remove(room);
-        }
-        if let Some(s) = self.sessions.get_mut(&sid) {
-            s.rooms.remove(room);
-        }
-        if let Some(me) = self.member(sid) {
-            let f = frame(&BusMsg::Presence {
-                room: room.into(),
-                session: sid,
-                name: me.name,
-                role: me.role,
-                joined: false,
-            });
-            for m in rest {
-                self.send(m, f.clone());
-            }
-        }
-    }
-
-    fn say(&mut self, sid: SessionId, room: &str, value: Value) {
-        let members: Vec<SessionId> = match self.rooms.get(room) {
-            Some(m) if m.contains(&sid) => m.iter().copied().filter(|m| *m != sid).collect(),
-            _ => {
-                return self.error(
-                    sid,
-                    None,
-                    ErrorCode::NotMember,
-                    format!("join {room:?} before saying something in it"),
-                );
-            }
-        };
-        let name = self
-            .sessions
-            .get(&sid)
-            .map(|s| s.name.clone())
-            .unwrap_or_default();
-        let f = frame(&BusMsg::Said {
-            room: room.into(),
-            from: sid,
-            name,
-            value,
-        });
-        for m in members {
-            self.send(m, f.clone());
-        }
-    }
+/// Whether `topic` is a control of one of `devices` (`<room>/<device>/<control>`).
+fn owns_control(devices: &BTreeSet<String>, topic: &str) -> bool {
+    topic
+        .rsplit_once('/')
+        .is_some_and(|(key, _)| devices.contains(key))
 }
 
 /// Builds a string-keyed MessagePack map.

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::outbox::Outbox;
 use super::router::{map, ConnId};
+use crate::auth::Grant;
 use crate::config::Config;
 use crate::model::Quality;
 use crate::protocol::{frame, BusMsg, ErrorCode, SessionId, StreamDesc};
@@ -108,6 +109,9 @@ pub enum HubMsg {
         peer: Option<IpAddr>,
         /// A WebSocket client's telemetry goes here instead of UDP.
         slot: Option<Arc<TelemetrySlot>>,
+        /// What the session may read: telemetry subscriptions see only streams its
+        /// `telemetry` rules allow.
+        grant: Arc<Grant>,
     },
     Detach {
         conn: ConnId,
@@ -253,6 +257,7 @@ struct Stream {
 
 struct Sink {
     session: SessionId,
+    grant: Arc<Grant>,
     outbox: Arc<Outbox>,
     peer: Option<IpAddr>,
     udp: Option<SocketAddr>,
@@ -286,6 +291,7 @@ pub fn start(
     addr: SocketAddr,
     cancel: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
+    guard: Arc<super::guard::GuardStats>,
 ) -> std::io::Result<HubHandle> {
     let named = |e: std::io::Error| {
         std::io::Error::new(e.kind(), format!("cannot listen on udp {addr}: {e}"))
@@ -314,6 +320,7 @@ pub fn start(
     let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE);
     let hub = Hub {
         socket,
+        guard,
         stats: stats.clone(),
         stale_after: Duration::from_millis(cfg.telemetry.stale_ms),
         max_hz: cfg.telemetry.max_hz,
@@ -338,6 +345,8 @@ pub fn start(
 
 struct Hub {
     socket: UdpSocket,
+    /// Refusal counters (`$sys/auth/forbidden` counts refused telemetry too).
+    guard: Arc<super::guard::GuardStats>,
     stats: Arc<Stats>,
     stale_after: Duration,
     max_hz: f64,
@@ -397,12 +406,14 @@ impl Hub {
                 outbox,
                 peer,
                 slot,
+                grant,
             } => {
                 self.by_token.insert(token, conn);
                 self.sinks.insert(
                     conn,
                     Sink {
                         session,
+                        grant,
                         outbox,
                         peer,
                         udp: None,
@@ -531,10 +542,16 @@ impl Hub {
                 continue;
             }
             // Tell the subscriptions this new stream matches.
+            let sinks = &self.sinks;
             let matching: Vec<u64> = self
                 .subs
                 .iter()
-                .filter(|(_, s)| s.filter.matches(&info.topic))
+                .filter(|(_, s)| {
+                    s.filter.matches(&info.topic)
+                        && sinks
+                            .get(&s.conn)
+                            .is_some_and(|k| k.grant.telemetry.allows(&info.topic))
+                })
                 .map(|(k, _)| *k)
                 .collect();
             let desc = StreamDesc {
@@ -576,6 +593,19 @@ impl Hub {
             Ok(f) => f,
             Err(e) => return refuse(ErrorCode::InvalidFilter, format!("{raw:?}: {e}")),
         };
+        let grant = sink.grant.clone();
+        if !grant.telemetry.reaches(&filter) {
+            self.guard
+                .forbidden
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return refuse(
+                ErrorCode::Forbidden,
+                format!(
+                    "telemetry {filter}: not allowed for credential {:?}",
+                    grant.name
+                ),
+            );
+        }
         if sink.subs.len() >= MAX_TSUBS {
             return refuse(
                 ErrorCode::Limit,
@@ -593,7 +623,7 @@ impl Hub {
         let mut matched = Vec::new();
         let mut dirty = Vec::new();
         for (alias, s) in &mut self.streams {
-            if filter.matches(&s.topic) {
+            if filter.matches(&s.topic) && grant.telemetry.allows(&s.topic) {
                 s.subs.push(key);
                 matched.push(StreamDesc {
                     alias: *alias,

@@ -265,6 +265,11 @@ impl Driver {
                 bus_ip = s.peer_addr().ok().map(|a| a.ip());
                 Box::new(s)
             }
+            Endpoint::Tls(addr, tls) => {
+                let s = tls.connect(addr).await.map_err(Error::Connect)?;
+                bus_ip = s.get_ref().0.peer_addr().ok().map(|a| a.ip());
+                Box::new(s)
+            }
             Endpoint::Local(c) => Box::new(
                 c.connect()
                     .await
@@ -315,7 +320,9 @@ impl Driver {
                 self.shared.session.store(session.0, Ordering::Relaxed);
                 let udp = match (&opts.endpoint, udp) {
                     (_, None) => None,
-                    (Endpoint::Tcp(_), Some(port)) => bus_ip.map(|ip| (ip, port).into()),
+                    (Endpoint::Tcp(_) | Endpoint::Tls(..), Some(port)) => {
+                        bus_ip.map(|ip| (ip, port).into())
+                    }
                     (Endpoint::Local(c), Some(_)) => Some(c.hub().udp),
                 };
                 self.shared.link.send(LinkMsg::Endpoint {

@@ -43,6 +43,7 @@ use crate::model::{DeviceDescriptor, Quality};
 use crate::protocol::{
     ClientMsg, Command, ErrorCode, Member, Role, Seq, SessionId, Update, WireError,
 };
+use crate::tls::TlsClient;
 use crate::value::Value;
 
 /// Requests queued from handles to the driver. Callers wait when it is full.
@@ -61,6 +62,8 @@ const EVENT_QUEUE: usize = 64;
 pub enum Endpoint {
     /// `host:port` over TCP.
     Tcp(String),
+    /// `host:port` over TLS, trusting what the [`TlsClient`] trusts.
+    Tls(String, TlsClient),
     /// In-process, to a bus running in this process.
     Local(LocalConnector),
 }
@@ -72,7 +75,8 @@ pub struct ClientOptions {
     /// Shown in presence and logs.
     pub name: String,
     pub role: Role,
-    /// Reserved for the trust issue; sent as is in `hello`.
+    /// Sent as is in `hello`: nil, or `{token: "avbus_..."}` (see
+    /// [`ClientOptions::token`]).
     pub credentials: Value,
     /// Limit for one connection attempt (TCP connect and handshake).
     pub connect_timeout: Duration,
@@ -99,6 +103,26 @@ impl ClientOptions {
     /// Options for a TCP connection with defaults for everything else.
     pub fn tcp(addr: &str, name: &str) -> ClientOptions {
         ClientOptions::new(Endpoint::Tcp(addr.into()), name)
+    }
+
+    /// Options for a TLS connection with defaults for everything else.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), avbus::tls::TlsError> {
+    /// use avbus::client::ClientOptions;
+    /// use avbus::tls::TlsClient;
+    /// let tls = TlsClient::from_files("site-ca.pem".as_ref(), None)?;
+    /// let opts = ClientOptions::tls("10.0.0.5:7420", "wall-panel", tls).token("avbus_...");
+    /// # Ok(()) }
+    /// ```
+    pub fn tls(addr: &str, name: &str, tls: TlsClient) -> ClientOptions {
+        ClientOptions::new(Endpoint::Tls(addr.into(), tls), name)
+    }
+
+    /// Presents `token` as the credentials in `hello` (builder style).
+    pub fn token(mut self, token: &str) -> Self {
+        self.credentials = Value::Map(vec![(Value::from("token"), Value::from(token))]);
+        self
     }
 
     /// Options for an in-process connection.
@@ -402,7 +426,7 @@ impl Client {
             rtt_us: AtomicU64::new(0),
             link: telemetry::spawn(match &opts.endpoint {
                 Endpoint::Local(c) => Some(c.hub()),
-                Endpoint::Tcp(_) => None,
+                Endpoint::Tcp(_) | Endpoint::Tls(..) => None,
             }),
         });
         let opts = Arc::new(opts);

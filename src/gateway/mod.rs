@@ -268,7 +268,7 @@ async fn bridge_socket(
     dropped: CancellationToken,
 ) {
     let (mut tx, rx) = socket.split();
-    let Some((pipe, slot)) = s.connections.pipe(format!("ws {peer}")) else {
+    let Some((pipe, slot)) = s.connections.pipe(peer) else {
         // At `max_connections`: the TCP listener's answer, then close.
         let f = frame(&BusMsg::Error {
             id: None,
