@@ -418,3 +418,60 @@ async fn telemetry_reaches_a_websocket_as_datagram_messages_at_its_rate() {
     assert!(dseqs.windows(2).all(|w| w[1] == w[0] + 1));
     adapter.close().await;
 }
+
+#[tokio::test]
+async fn websockets_get_the_same_credentials_and_rules_as_tcp() {
+    use avbus::auth::{hash_token, new_token};
+    use avbus::config::ClientRules;
+    let panel_token = new_token();
+    let mut cfg = config();
+    cfg.auth.clients = vec![ClientRules {
+        name: "boardroom-panel".into(),
+        token_hash: Some(hash_token(&panel_token)),
+        read: vec!["boardroom/#".into()],
+        command: vec!["boardroom/#".into()],
+        ..ClientRules::default()
+    }];
+    let bus = bus(cfg).await;
+    let hello_with = |token: Option<&str>| ClientMsg::Hello {
+        v: PROTOCOL_VERSION,
+        name: "ws-panel".into(),
+        role: Role::Panel,
+        credentials: match token {
+            Some(t) => Value::Map(vec![(Value::from("token"), Value::from(t))]),
+            None => Value::Nil,
+        },
+        resume: None,
+    };
+    // The boardroom credential: welcome, but the hall is forbidden.
+    let mut ws = open(&bus, Some(&own_origin(&bus))).await.unwrap();
+    send(&mut ws, &hello_with(Some(&panel_token))).await;
+    let first = recv(&mut ws).await;
+    assert!(matches!(first, Some(BusMsg::Welcome { .. })), "{first:?}");
+    send(
+        &mut ws,
+        &ClientMsg::Set {
+            id: 1,
+            topic: "hall/dsp/gain".into(),
+            value: Value::from(1),
+            timeout_ms: None,
+        },
+    )
+    .await;
+    match recv_until(&mut ws, |m| matches!(m, BusMsg::Error { id: Some(1), .. })).await {
+        BusMsg::Error { code, .. } => assert_eq!(code, ErrorCode::Forbidden),
+        _ => unreachable!(),
+    }
+    // No credentials, then a wrong token: refused with `unauthorized`, then closed.
+    for token in [None, Some("avbus_0000")] {
+        let mut ws = open(&bus, Some(&own_origin(&bus))).await.unwrap();
+        send(&mut ws, &hello_with(token)).await;
+        match recv(&mut ws).await {
+            Some(BusMsg::Error { code, .. }) => assert_eq!(code, ErrorCode::Unauthorized),
+            other => panic!("expected unauthorized, got {other:?}"),
+        }
+        assert!(recv(&mut ws).await.is_none(), "closed after the refusal");
+    }
+    // And a foreign page is still refused before any of this.
+    assert!(open(&bus, Some("http://evil.example")).await.is_err());
+}

@@ -224,12 +224,13 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
         )
     })?;
     let tcp = listener.local_addr()?;
-    let http_listener = match cfg.listen.http {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-        })?),
-        None => None,
-    };
+    let http_listener =
+        match cfg.listen.http {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?),
+            None => None,
+        };
     let http = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let epoch = Epoch(fastrand::u64(1..u64::MAX));
     let cancel = CancellationToken::new();
