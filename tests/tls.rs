@@ -327,3 +327,59 @@ async fn the_cli_makes_tokens_and_speaks_tls() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn browsers_get_https_and_wss_with_the_same_certificate() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let pki = Pki::new();
+    let token = new_token();
+    let b = bus(pki.config(&token)).await;
+    let http = b.http.expect("HTTP listens").to_string();
+    // A plaintext HTTP request on the HTTPS port gets no page.
+    let mut plain = tokio::net::TcpStream::connect(&http).await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        plain
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        within("the plaintext refusal", plain.read_to_end(&mut out))
+            .await
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&out).contains("HTTP/1.1 200"));
+    }
+    // wss: TLS first, then the WebSocket upgrade, then the protocol with a token.
+    let stream = pki
+        .tls()
+        .connect(&http)
+        .await
+        .expect("TLS to the HTTP port");
+    let mut req = format!("wss://{http}/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", format!("https://{http}").parse().unwrap());
+    let (mut ws, _) = within(
+        "the wss handshake",
+        tokio_tungstenite::client_async(req, stream),
+    )
+    .await
+    .expect("WebSocket over TLS");
+    let hello = ClientMsg::Hello {
+        v: PROTOCOL_VERSION,
+        name: "wss-panel".into(),
+        role: Role::Panel,
+        credentials: Value::Map(vec![(Value::from("token"), Value::from(token.as_str()))]),
+        resume: None,
+    };
+    let f = avbus::protocol::frame(&hello);
+    ws.send(Message::Binary(f.slice(4..))).await.unwrap();
+    match within("welcome over wss", ws.next()).await {
+        Some(Ok(Message::Binary(b))) => assert!(matches!(
+            avbus::protocol::decode_bus(&b).unwrap(),
+            BusMsg::Welcome { .. }
+        )),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+}

@@ -98,12 +98,24 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
+    /// The bus's TLS acceptor, when `[tls]` is configured (the gateway serves
+    /// HTTPS and wss with it).
+    pub(crate) fn tls(&self) -> Option<ServerTls> {
+        self.ctx.tls.clone()
+    }
+
+    /// The handshake deadline, which also bounds a TLS handshake.
+    pub(crate) fn handshake(&self) -> std::time::Duration {
+        Duration::from_millis(self.ctx.cfg.session.handshake_ms)
+    }
+
     /// Opens a connection whose client end is an in-process pipe (a WebSocket
     /// bridge's) for the browser at `addr`; its telemetry goes to the returned slot
     /// (sent over the WebSocket). `None` at `max_connections` or the address's limit.
     pub(crate) fn pipe(
         &self,
         addr: SocketAddr,
+        cert: Option<[u8; 32]>,
     ) -> Option<(DuplexStream, Arc<telemetry::TelemetrySlot>)> {
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
             bump(&self.ctx.guard.connections_refused);
@@ -117,7 +129,7 @@ impl Connections {
         let slot = Arc::new(telemetry::TelemetrySlot::default());
         let (ctx, tslot) = (self.ctx.clone(), slot.clone());
         self.tracker.spawn(async move {
-            handle(theirs, Peer::Net { addr, cert: None }, Some(tslot), ctx).await;
+            handle(theirs, Peer::Net { addr, cert }, Some(tslot), ctx).await;
             drop((permit, per_address));
         });
         Some((ours, slot))

@@ -177,9 +177,22 @@ pub(crate) fn start(
         .route("/ws", get(upgrade))
         .fallback(asset)
         .with_state(shared.clone());
-    let listener = Limited {
-        inner: listener,
-        slots: Arc::new(Semaphore::new(cfg.limits.max_connections)),
+    let tls = shared
+        .connections
+        .tls()
+        .map(|t| (t, shared.connections.handshake()));
+    let listener = match Limited::start(
+        listener,
+        cfg.limits.max_connections,
+        tls,
+        &tracker,
+        cancel.clone(),
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "the HTTP gateway cannot start");
+            return WebControl { shared };
+        }
     };
     let service = app.into_make_service_with_connect_info::<Peer>();
     tracker.spawn(async move {
@@ -227,7 +240,7 @@ async fn asset(method: Method, uri: Uri) -> Response {
 /// `GET /ws`: checks the origin, then bridges the WebSocket into a bus connection.
 async fn upgrade(
     State(s): State<Arc<Shared>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(Peer { addr: peer, cert }): ConnectInfo<Peer>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
@@ -257,7 +270,7 @@ async fn upgrade(
         .max_frame_size(s.max_frame)
         .on_upgrade(move |socket| {
             let tracker = s.tracker.clone();
-            tracker.track_future(bridge_socket(s, socket, peer, dropped))
+            tracker.track_future(bridge_socket(s, socket, peer, cert, dropped))
         })
 }
 
@@ -265,10 +278,11 @@ async fn bridge_socket(
     s: Arc<Shared>,
     socket: WebSocket,
     peer: SocketAddr,
+    cert: Option<[u8; 32]>,
     dropped: CancellationToken,
 ) {
     let (mut tx, rx) = socket.split();
-    let Some((pipe, slot)) = s.connections.pipe(peer) else {
+    let Some((pipe, slot)) = s.connections.pipe(peer, cert) else {
         // At `max_connections`: the TCP listener's answer, then close.
         let f = frame(&BusMsg::Error {
             id: None,
@@ -292,20 +306,103 @@ async fn bridge_socket(
 
 /// The remote address of an HTTP connection, for the logs.
 #[derive(Debug, Clone, Copy)]
-struct Peer(SocketAddr);
+struct Peer {
+    addr: SocketAddr,
+    /// The TLS client certificate's SHA-256, a credential like on the TCP port.
+    cert: Option<[u8; 32]>,
+}
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Limited>> for Peer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, Limited>) -> Peer {
-        Peer(*stream.remote_addr())
+        Peer {
+            addr: *stream.remote_addr(),
+            cert: stream.io().cert,
+        }
     }
 }
 
 /// The HTTP listener, holding at most `max_connections` connections (HTTP and
 /// WebSocket together): past that it stops accepting until one ends, and the
-/// kernel's backlog holds the rest.
+/// kernel's backlog holds the rest. With `[tls]`, each accepted connection does its
+/// TLS handshake in its own task (within the handshake deadline), so a slow or
+/// silent client never holds up the others; then it is handed to axum.
 struct Limited {
-    inner: TcpListener,
-    slots: Arc<Semaphore>,
+    ready: tokio::sync::mpsc::Receiver<(Slotted, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+/// Connections that finished their TLS handshake, waiting for axum.
+const READY_QUEUE: usize = 64;
+
+impl Limited {
+    fn start(
+        inner: TcpListener,
+        max: usize,
+        tls: Option<(crate::tls::ServerTls, std::time::Duration)>,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> std::io::Result<Limited> {
+        let addr = inner.local_addr()?;
+        let (tx, ready) = tokio::sync::mpsc::channel(READY_QUEUE);
+        let slots = Arc::new(Semaphore::new(max));
+        let t = tracker.clone();
+        tracker.spawn(async move {
+            loop {
+                // The semaphore is never closed, so this always yields a permit.
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    continue;
+                };
+                let accepted = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    a = inner.accept() => a,
+                };
+                match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let tx = tx.clone();
+                        match &tls {
+                            None => {
+                                let s = Slotted {
+                                    stream: HttpStream::Plain(stream),
+                                    cert: None,
+                                    _permit: permit,
+                                };
+                                if tx.send((s, peer)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Some((tls, deadline)) => {
+                                let (tls, deadline) = (tls.clone(), *deadline);
+                                t.spawn(async move {
+                                    match tls.accept(stream, deadline).await {
+                                        Ok((stream, cert)) => {
+                                            let stream = HttpStream::Tls(Box::new(stream));
+                                            let s = Slotted {
+                                                stream,
+                                                cert,
+                                                _permit: permit,
+                                            };
+                                            let _ = tx.send((s, peer)).await;
+                                        }
+                                        Err(e) => {
+                                            tracing::debug!(%peer, error = %e, "HTTPS refused")
+                                        }
+                                    }
+                                });
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: log and pause briefly so
+                        // the loop does not spin; existing connections carry on.
+                        tracing::warn!(error = %e, "HTTP accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        Ok(Limited { ready, addr })
+    }
 }
 
 impl axum::serve::Listener for Limited {
@@ -313,42 +410,39 @@ impl axum::serve::Listener for Limited {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Slotted, SocketAddr) {
-        loop {
-            // The semaphore is never closed, so this always yields a permit.
-            let Ok(permit) = self.slots.clone().acquire_owned().await else {
-                continue;
-            };
-            match self.inner.accept().await {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    return (
-                        Slotted {
-                            stream,
-                            _permit: permit,
-                        },
-                        peer,
-                    );
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: log and pause briefly so
-                    // the loop does not spin; existing connections carry on.
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
+        match self.ready.recv().await {
+            Some(c) => c,
+            // The accept task ended (shutdown): wait for axum's graceful shutdown.
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.inner.local_addr()
+        Ok(self.addr)
     }
+}
+
+/// The byte stream under an HTTP connection.
+enum HttpStream {
+    Plain(TcpStream),
+    Tls(Box<crate::tls::ServerStream>),
 }
 
 /// An accepted HTTP connection and its slot, released when the connection (or the
 /// WebSocket it became) is dropped.
 struct Slotted {
-    stream: TcpStream,
+    stream: HttpStream,
+    cert: Option<[u8; 32]>,
     _permit: OwnedSemaphorePermit,
+}
+
+macro_rules! on_stream {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &mut $self.stream {
+            HttpStream::Plain($s) => $e,
+            HttpStream::Tls($s) => $e,
+        }
+    };
 }
 
 impl AsyncRead for Slotted {
@@ -357,7 +451,7 @@ impl AsyncRead for Slotted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        on_stream!(self, s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
@@ -367,26 +461,14 @@ impl AsyncWrite for Slotted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        on_stream!(self, s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        on_stream!(self, s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        on_stream!(self, s => Pin::new(s).poll_shutdown(cx))
     }
 }
