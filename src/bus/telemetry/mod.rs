@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +38,12 @@ use crate::telemetry::{
 use crate::topic::Filter;
 use crate::value::Value;
 
+mod slot;
+mod stats;
+
+pub use slot::{TelemetrySlot, SLOT_DATAGRAMS};
+pub use stats::Stats;
+
 /// Control messages waiting for the hub (connection readers wait when it is full;
 /// the router uses `try_send` and counts a full queue).
 pub const HUB_QUEUE: usize = 4096;
@@ -48,45 +54,6 @@ pub const INGEST_QUEUE: usize = 1024;
 pub const MAX_TSUBS: usize = 256;
 /// Datagrams read per wake-up before other work gets a turn.
 const RECV_BURST: usize = 256;
-
-/// Datagrams waiting for one WebSocket client; when full the oldest is dropped
-/// (a newer one carries newer values) and counted.
-pub const SLOT_DATAGRAMS: usize = 64;
-
-/// Where the hub puts a WebSocket client's telemetry datagrams (the same bytes as
-/// UDP), for the gateway to send after any waiting control frame. Bounded: newest
-/// wins.
-#[derive(Default)]
-pub struct TelemetrySlot {
-    queue: std::sync::Mutex<std::collections::VecDeque<Bytes>>,
-    notify: tokio::sync::Notify,
-    /// Datagrams dropped because the client had not taken the older ones.
-    pub dropped: AtomicU64,
-}
-
-impl TelemetrySlot {
-    fn push(&self, d: Bytes) {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() >= SLOT_DATAGRAMS {
-            q.pop_front();
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        q.push_back(d);
-        drop(q);
-        self.notify.notify_one();
-    }
-
-    /// Moves every waiting datagram into `out`.
-    pub fn take(&self, out: &mut Vec<Bytes>) {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        out.extend(q.drain(..));
-    }
-
-    /// Resolves once something was pushed since the last call.
-    pub async fn ready(&self) {
-        self.notify.notified().await;
-    }
-}
 
 /// One telemetry stream (a `meter` control), as the router registers it.
 #[derive(Debug, Clone)]
@@ -146,70 +113,6 @@ pub enum HubMsg {
 pub struct Ingest {
     pub session: SessionId,
     pub values: Vec<(u32, Value)>,
-}
-
-/// Counters, read by the router for `$sys/telemetry/...`.
-#[derive(Default, Debug)]
-pub struct Stats {
-    pub datagrams_in: AtomicU64,
-    pub values_in: AtomicU64,
-    pub datagrams_out: AtomicU64,
-    pub send_dropped: AtomicU64,
-    pub ingest_dropped: AtomicU64,
-    pub drop_truncated: AtomicU64,
-    pub drop_oversized: AtomicU64,
-    pub drop_bad_magic: AtomicU64,
-    pub drop_bad_version: AtomicU64,
-    pub drop_bad_type: AtomicU64,
-    pub drop_bad_record: AtomicU64,
-    pub drop_unknown_token: AtomicU64,
-    pub drop_wrong_source: AtomicU64,
-    pub drop_not_owner: AtomicU64,
-    pub drop_unknown_alias: AtomicU64,
-    pub streams: AtomicU64,
-    pub subscriptions: AtomicU64,
-    pub recv_buffer: AtomicU64,
-    pub send_buffer: AtomicU64,
-}
-
-impl Stats {
-    /// `(name, value)` pairs, as published under `$sys/telemetry/`.
-    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        vec![
-            ("datagrams_in", g(&self.datagrams_in)),
-            ("values_in", g(&self.values_in)),
-            ("datagrams_out", g(&self.datagrams_out)),
-            ("send_dropped", g(&self.send_dropped)),
-            ("ingest_dropped", g(&self.ingest_dropped)),
-            ("dropped/truncated", g(&self.drop_truncated)),
-            ("dropped/oversized", g(&self.drop_oversized)),
-            ("dropped/bad_magic", g(&self.drop_bad_magic)),
-            ("dropped/bad_version", g(&self.drop_bad_version)),
-            ("dropped/bad_type", g(&self.drop_bad_type)),
-            ("dropped/bad_record", g(&self.drop_bad_record)),
-            ("dropped/unknown_token", g(&self.drop_unknown_token)),
-            ("dropped/wrong_source", g(&self.drop_wrong_source)),
-            ("dropped/not_owner", g(&self.drop_not_owner)),
-            ("dropped/unknown_alias", g(&self.drop_unknown_alias)),
-            ("streams", g(&self.streams)),
-            ("subscriptions", g(&self.subscriptions)),
-            ("udp_recv_buffer", g(&self.recv_buffer)),
-            ("udp_send_buffer", g(&self.send_buffer)),
-        ]
-    }
-
-    fn count_error(&self, e: DatagramError) {
-        let c = match e {
-            DatagramError::Truncated => &self.drop_truncated,
-            DatagramError::Oversized => &self.drop_oversized,
-            DatagramError::BadMagic => &self.drop_bad_magic,
-            DatagramError::BadVersion => &self.drop_bad_version,
-            DatagramError::BadType => &self.drop_bad_type,
-            DatagramError::BadRecord => &self.drop_bad_record,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 /// The senders other tasks use to reach the hub.
