@@ -366,3 +366,38 @@ async fn in_process_adapters_publish_without_udp_and_panels_resubscribe_after_a_
     local.publish_telemetry(vec![("hall/mix/level".into(), Value::F32(2.0))]);
     until(&mut sub, "hall/mix/level", |v| first(v) == 2.0).await;
 }
+
+#[tokio::test]
+async fn re_declaring_ever_new_meters_is_bounded() {
+    let mut cfg = config();
+    cfg.limits.max_topics = 50;
+    let b = bus(cfg).await;
+    let a = client(&b, "renamer", Role::Adapter).await;
+    // The same device, each time with a new meter name: the old ones' topics go, but
+    // their aliases live for the bus's run, so the table is held to `max_topics`.
+    let mut refused = None;
+    for i in 0..60 {
+        let mut d = mixer();
+        d.controls = vec![ControlSpec::new(
+            &format!("m{i}"),
+            ControlKind::Meter {
+                min: 0.0,
+                max: 1.0,
+                unit: String::new(),
+                channels: 1,
+                rate_hz: 10.0,
+            },
+        )];
+        if let Err(e) = a.declare(d, true).await {
+            refused = Some((i, e));
+            break;
+        }
+    }
+    let (i, e) = refused.expect("a limit");
+    assert_eq!(i, 50);
+    assert_eq!(e.code(), Some(avbus::protocol::ErrorCode::Limit));
+    // A `get` of a meter reaches the hub behind the declarations (one queue, in
+    // order), so its answer proves they were all applied.
+    a.get("hall/mix/m49").await.unwrap();
+    assert_eq!(b.hub().stats.streams.load(Ordering::Relaxed), 50);
+}

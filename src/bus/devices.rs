@@ -193,6 +193,22 @@ impl Router {
                 format!("the bus holds its maximum of {max} topics"),
             );
         }
+        // Telemetry aliases live for the bus's run: bounded like topics, so adapters
+        // declaring ever-new meter names cannot grow the alias table without end.
+        let new_meters = desc
+            .controls
+            .iter()
+            .filter(|c| matches!(c.kind, ControlKind::Meter { .. }))
+            .filter(|c| !self.aliases.contains_key(format!("{key}/{}", c.name).as_str()))
+            .count();
+        if self.aliases.len() + new_meters > max {
+            return self.error(
+                sid,
+                Some(id),
+                ErrorCode::Limit,
+                format!("the bus holds its maximum of {max} telemetry streams"),
+            );
+        }
         if let Some(d) = self.devices.get(&key) {
             if let Some(o) = d.owner.filter(|o| *o != sid) {
                 if self.sessions.get(&o).is_some_and(|s| s.conn.is_some()) {
