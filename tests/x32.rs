@@ -34,23 +34,9 @@ fn topic(control: &str) -> String {
     format!("{DEVICE}/{control}")
 }
 
-fn entry(console: SocketAddr) -> DeviceConfig {
-    DeviceConfig {
-        room: "hall".into(),
-        name: "console".into(),
-        driver: "x32-osc".into(),
-        label: None,
-        host: Some(console.ip().to_string()),
-        port: Some(console.port()),
-        password: None,
-        // Ten minutes: every change a test sees arrived as a push, not by polling.
-        poll_ms: Some(600_000),
-    }
-}
-
 /// Test settings: short retransmission, renewals and meter silence.
 fn settings(console: SocketAddr) -> X32Settings {
-    let mut s = X32Settings::from_device(&entry(console)).unwrap();
+    let mut s = X32Settings::from_device(&x32_entry(console)).unwrap();
     s.retry = Retry {
         try_timeout: Duration::from_millis(100),
         tries: 3,
@@ -608,7 +594,7 @@ async fn the_simulator_ignores_and_counts_malformed_datagrams() {
 
 #[test]
 fn check_names_the_key_at_fault() {
-    let ok = entry("127.0.0.1:10023".parse().unwrap());
+    let ok = x32_entry("127.0.0.1:10023".parse().unwrap());
     assert_eq!(adapter::check(&ok), Ok(()));
     let cases = [
         (

@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use avbus::client::TelemetryValue;
-use avbus::config::DeviceConfig;
 use avbus::devices::kit::Host;
 use avbus::devices::x32::adapter::X32Settings;
 use avbus::devices::x32::sim::{Sim, SimConfig};
@@ -22,19 +20,6 @@ use tokio_util::sync::CancellationToken;
 
 const METERS: &str = "hall/console/meters";
 
-fn entry(console: SocketAddr) -> DeviceConfig {
-    DeviceConfig {
-        room: "hall".into(),
-        name: "console".into(),
-        driver: "x32-osc".into(),
-        label: None,
-        host: Some(console.ip().to_string()),
-        port: Some(console.port()),
-        password: None,
-        poll_ms: Some(600_000),
-    }
-}
-
 #[tokio::test]
 async fn console_meters_reach_panels_at_their_rate_and_go_stale_when_the_desk_falls_silent() {
     let sim = Sim::start("127.0.0.1:0".parse().unwrap(), SimConfig::fast())
@@ -45,7 +30,7 @@ async fn console_meters_reach_panels_at_their_rate_and_go_stale_when_the_desk_fa
     let bus = bus(cfg).await;
     let host = Host::start(client(&bus, "x32-adapter", Role::Adapter).await).await;
     let cancel = CancellationToken::new();
-    let settings = X32Settings::from_device(&entry(sim.addr())).unwrap();
+    let settings = X32Settings::from_device(&x32_entry(sim.addr())).unwrap();
     host.spawn(move || settings.driver(), cancel.clone());
 
     // One panel never reads its telemetry; another reads at 20 Hz.

@@ -34,8 +34,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
+
+use crate::devices::udp_sim::UdpSimulator;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -186,11 +187,8 @@ pub enum PanelError {
 
 /// A simulated console serving one UDP socket. Dropping it stops the task too.
 pub struct Sim {
-    addr: SocketAddr,
-    socket: Arc<UdpSocket>,
+    net: UdpSimulator,
     shared: Arc<Shared>,
-    cancel: CancellationToken,
-    task: Option<JoinHandle<()>>,
 }
 
 impl Sim {
@@ -199,27 +197,20 @@ impl Sim {
     /// # Errors
     /// The socket's bind error.
     pub async fn start(listen: SocketAddr, cfg: SimConfig) -> io::Result<Sim> {
-        let socket = Arc::new(UdpSocket::bind(listen).await?);
-        let addr = socket.local_addr()?;
+        let (socket, addr) = UdpSimulator::bind(listen).await?;
         let desk = Mutex::new(Desk::new(cfg, addr, Instant::now()));
         let shared = Arc::new(Shared {
             desk,
             wake: Notify::new(),
         });
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(socket.clone(), shared.clone(), cancel.clone()));
-        Ok(Sim {
-            addr,
-            socket,
-            shared,
-            cancel,
-            task: Some(task),
-        })
+        let serving = shared.clone();
+        let net = UdpSimulator::serve(socket, addr, |socket, cancel| run(socket, serving, cancel));
+        Ok(Sim { net, shared })
     }
 
     /// The address the console listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.net.addr()
     }
 
     /// The console's front panel; it outlives the socket harmlessly.
@@ -239,22 +230,13 @@ impl Sim {
     /// # Errors
     /// The socket's send error.
     pub async fn inject(&self, to: SocketAddr, bytes: &[u8]) -> io::Result<usize> {
-        self.socket.send_to(bytes, to).await
+        self.net.inject(to, bytes).await
     }
 
     /// Stops serving and closes the socket; a new [`Sim::start`] on the same address
     /// brings up a fresh console (no subscriptions, default scene).
-    pub async fn stop(mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        self.cancel.cancel();
+    pub async fn stop(self) {
+        self.net.stop().await;
     }
 }
 

@@ -199,7 +199,11 @@ impl Router {
             .controls
             .iter()
             .filter(|c| matches!(c.kind, ControlKind::Meter { .. }))
-            .filter(|c| !self.aliases.contains_key(format!("{key}/{}", c.name).as_str()))
+            .filter(|c| {
+                !self
+                    .aliases
+                    .contains_key(format!("{key}/{}", c.name).as_str())
+            })
             .count();
         if self.aliases.len() + new_meters > max {
             return self.error(

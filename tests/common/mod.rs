@@ -351,3 +351,18 @@ pub async fn lab_adapter(bus: &BusHandle) -> (Client, Seen) {
 pub fn body(msg: &ClientMsg) -> Bytes {
     frame(msg).slice(4..)
 }
+
+/// The `[[device]]` entry of the X32 console `hall/console` at `console`, polled only
+/// every ten minutes (so every change a test sees arrived as a push).
+pub fn x32_entry(console: SocketAddr) -> avbus::config::DeviceConfig {
+    avbus::config::DeviceConfig {
+        room: "hall".into(),
+        name: "console".into(),
+        driver: "x32-osc".into(),
+        label: None,
+        host: Some(console.ip().to_string()),
+        port: Some(console.port()),
+        password: None,
+        poll_ms: Some(600_000),
+    }
+}
