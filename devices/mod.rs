@@ -19,7 +19,7 @@ pub mod pjlink;
 pub mod qrc;
 pub mod registry;
 pub mod sims;
-pub mod udp_sim;
+pub mod udp;
 pub mod virtual_room;
 pub mod visca;
 pub mod x32;

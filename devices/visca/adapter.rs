@@ -49,7 +49,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -111,42 +110,14 @@ const MOMENTARY: [(&str, &str, Axis, i8); 6] = [
 /// What [`Driver::execute`] answers.
 type Answered = Result<Result<Changes, CommandFailure>, DeviceError>;
 
-/// Retransmission policy: how long one copy of a message waits for its reply, and how
-/// many copies are sent before the camera counts as unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retry {
-    pub try_timeout: Duration,
-    pub tries: u32,
-}
+pub use crate::devices::udp::{LocalAddr, Retry};
 
-impl Default for Retry {
-    /// 200 ms (a camera on a LAN answers within milliseconds; this rides out a busy
-    /// switch without stalling a panel), 3 copies.
-    fn default() -> Self {
-        let try_timeout = Duration::from_millis(200);
-        Retry {
-            try_timeout,
-            tries: 3,
-        }
-    }
-}
-
-/// The local address of a driver's UDP socket while connected, readable from outside
-/// the device task (diagnostics; tests inject datagrams to it). Shared by every driver
-/// made from the same [`ViscaSettings`].
-#[derive(Debug, Clone, Default)]
-pub struct LocalAddr(Arc<Mutex<Option<SocketAddr>>>);
-
-impl LocalAddr {
-    /// The bound address, `None` while disconnected.
-    pub fn get(&self) -> Option<SocketAddr> {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn set(&self, addr: Option<SocketAddr>) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = addr;
-    }
-}
+/// The default retransmission: 200 ms (a camera on a LAN answers within
+/// milliseconds; this rides out a busy switch without stalling a panel), 3 copies.
+pub const DEFAULT_RETRY: Retry = Retry {
+    try_timeout: Duration::from_millis(200),
+    tries: 3,
+};
 
 /// Everything a [`ViscaDriver`] is made from; cheap to clone, so the kit's `make`
 /// closure builds a fresh driver from it after a panic.
@@ -179,7 +150,7 @@ impl ViscaSettings {
             host: d.host.clone().unwrap_or_default(),
             port: d.port.unwrap_or(PORT),
             poll: d.poll_ms.map_or(DEFAULT_POLL, Duration::from_millis),
-            retry: Retry::default(),
+            retry: DEFAULT_RETRY,
             move_wait: DEFAULT_MOVE_WAIT,
             local: LocalAddr::default(),
         })

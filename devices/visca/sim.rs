@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 
-use crate::devices::udp_sim::UdpSimulator;
+use crate::devices::udp::UdpSimulator;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

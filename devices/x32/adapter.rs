@@ -52,7 +52,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -98,39 +97,13 @@ const RECV_BATCH: usize = 64;
 /// What [`Driver::execute`] answers.
 type Answered = Result<Result<Changes, CommandFailure>, DeviceError>;
 
-/// Retransmission policy: how long one copy of a request waits for its answer, and how
-/// many copies are sent before the console counts as unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retry {
-    pub try_timeout: Duration,
-    pub tries: u32,
-}
+pub use crate::devices::udp::{LocalAddr, Retry};
 
-impl Default for Retry {
-    /// 150 ms (a console on a LAN answers within a few ms), 3 copies.
-    fn default() -> Self {
-        Retry {
-            try_timeout: Duration::from_millis(150),
-            tries: 3,
-        }
-    }
-}
-
-/// The local address of a driver's UDP socket while connected, readable from outside
-/// the device task (diagnostics; tests inject datagrams to it).
-#[derive(Debug, Clone, Default)]
-pub struct LocalAddr(Arc<Mutex<Option<SocketAddr>>>);
-
-impl LocalAddr {
-    /// The bound address, `None` while disconnected.
-    pub fn get(&self) -> Option<SocketAddr> {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn set(&self, addr: Option<SocketAddr>) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = addr;
-    }
-}
+/// The default retransmission: 150 ms (a console on a LAN answers within a few ms), 3 copies.
+pub const DEFAULT_RETRY: Retry = Retry {
+    try_timeout: Duration::from_millis(150),
+    tries: 3,
+};
 
 /// Everything an [`X32Driver`] is made from; cheap to clone, so the kit's `make`
 /// closure builds a fresh driver from it after a panic.
@@ -169,7 +142,7 @@ impl X32Settings {
             port: d.port.unwrap_or(PORT),
             poll: d.poll_ms.map_or(DEFAULT_POLL, Duration::from_millis),
             renew: DEFAULT_RENEW,
-            retry: Retry::default(),
+            retry: DEFAULT_RETRY,
             meter_factor: 1,
             meter_silence: DEFAULT_METER_SILENCE,
             local: LocalAddr::default(),

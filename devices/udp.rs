@@ -1,14 +1,41 @@
-//! What every UDP device simulator shares: its bound socket, the task serving it,
-//! raw injection for tests, and stopping (explicitly, or when dropped).
+//! What the UDP devices (VISCA camera, X32 console) share: on the adapter side the
+//! retransmission policy and the driver's observable local address; on the simulator
+//! side the bound socket, the task serving it, raw injection for tests, and stopping.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// Retransmission policy: how long one copy of a request waits for its answer, and
+/// how many copies are sent before the device counts as unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub try_timeout: Duration,
+    pub tries: u32,
+}
+
+/// The local address of a driver's UDP socket while connected, readable from outside
+/// the device task (diagnostics; tests inject datagrams to it). Shared by every driver
+/// made from the same settings.
+#[derive(Debug, Clone, Default)]
+pub struct LocalAddr(Arc<Mutex<Option<SocketAddr>>>);
+
+impl LocalAddr {
+    /// The bound address, `None` while disconnected.
+    pub fn get(&self) -> Option<SocketAddr> {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn set(&self, addr: Option<SocketAddr>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = addr;
+    }
+}
 
 /// A simulator's socket and serving task.
 pub struct UdpSimulator {
