@@ -332,7 +332,7 @@ impl Room {
                 changed.push(self.t("projector/power"));
             }
         }
-        if self.power == "on" && self.ticks % 40 == 0 {
+        if self.power == "on" && self.ticks.is_multiple_of(40) {
             self.lamp_hours += 1;
             changed.push(self.t("projector/lamp_hours"));
         }

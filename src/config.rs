@@ -23,6 +23,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// TLS on the TCP listener; plaintext without this table.
     pub tls: Option<TlsConfig>,
+    /// Retained state kept on disk across restarts (off without `dir`).
+    pub persist: PersistConfig,
     /// Devices whose adapters run inside the bus (`avbus serve`) or in an adapter
     /// process (`avbus adapter`): one `[[device]]` table each.
     #[serde(rename = "device")]
@@ -212,6 +214,47 @@ impl Default for Limits {
     }
 }
 
+/// The retained-state journal (`docs/operations.md`, "Persistence").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersistConfig {
+    /// Directory holding the journal; persistence is off without it.
+    pub dir: Option<PathBuf>,
+    /// When the journal is forced to disk: `always` (before a retained publish is
+    /// acknowledged), `interval` (every `fsync_interval_ms`) or `never` (the kernel
+    /// decides; a clean shutdown still syncs).
+    pub fsync: FsyncPolicy,
+    /// The longest a written record waits for `fsync` under `interval`, in ms.
+    pub fsync_interval_ms: u64,
+    /// Bytes of records waiting for the journal's writer; a retained publish past it
+    /// is refused (`busy`) until the disk catches up.
+    pub max_pending_bytes: usize,
+    /// The journal is rewritten with only live topics once it is larger than this
+    /// and more than twice their size, in bytes.
+    pub compact_min_bytes: u64,
+}
+
+/// When the journal is forced to disk.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    Always,
+    Interval,
+    Never,
+}
+
+impl Default for PersistConfig {
+    fn default() -> Self {
+        PersistConfig {
+            dir: None,
+            fsync: FsyncPolicy::Interval,
+            fsync_interval_ms: 100,
+            max_pending_bytes: 16 << 20,
+            compact_min_bytes: 8 << 20,
+        }
+    }
+}
+
 /// Sessions and liveness.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -381,6 +424,10 @@ impl Config {
             tls.cert = dir.join(&tls.cert);
             tls.key = dir.join(&tls.key);
         }
+        // So is the journal's directory.
+        if let (Some(journal), Some(dir)) = (cfg.persist.dir.as_mut(), path.parent()) {
+            *journal = dir.join(&*journal);
+        }
         Ok(cfg)
     }
 
@@ -415,6 +462,8 @@ impl Config {
             ("auth.backoff_ms", self.auth.backoff_ms as usize),
             ("auth.tracked_addresses", self.auth.tracked_addresses),
             ("session.heartbeat_ms", self.session.heartbeat_ms as usize),
+            ("persist.fsync_interval_ms", self.persist.fsync_interval_ms as usize),
+            ("persist.max_pending_bytes", self.persist.max_pending_bytes),
             ("session.handshake_ms", self.session.handshake_ms as usize),
             (
                 "session.heartbeat_misses",

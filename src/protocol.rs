@@ -92,7 +92,8 @@ pub enum ErrorCode {
     NotWritable,
     /// No answer from the device before the command's deadline.
     Timeout,
-    /// Too many commands in flight for the device, or its adapter is not reading.
+    /// Too many commands in flight for the device, or its adapter is not reading; or
+    /// the bus's journal is behind the disk (a retained publish: try again).
     Busy,
     /// Not allowed by the bus's access rules.
     Forbidden,
@@ -127,6 +128,9 @@ pub enum ErrorCode {
     Limit,
     /// `say` to a room the client has not joined.
     NotMember,
+    /// The bus cannot keep its promise for this request now: a retained publish
+    /// whose journal write failed (the disk is full or failing).
+    Unavailable,
     /// Client-side only, never sent: the client was closed before an answer came.
     Closed,
     /// A code this build does not know (from a newer peer).
@@ -160,6 +164,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::Limit => "limit",
             ErrorCode::NotMember => "not_member",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Closed => "closed",
             ErrorCode::Unknown => "unknown",
         }

@@ -26,7 +26,7 @@ fn ch(n: u8) -> Channel {
 fn osc_str(s: &str) -> Vec<u8> {
     let mut b = s.as_bytes().to_vec();
     b.push(0);
-    while b.len() % 4 != 0 {
+    while !b.len().is_multiple_of(4) {
         b.push(0);
     }
     b

@@ -635,7 +635,7 @@ impl Desk {
         if self
             .cfg
             .drop_every
-            .is_some_and(|n| n > 0 && self.received % u64::from(n) == 0)
+            .is_some_and(|n| n > 0 && self.received.is_multiple_of(u64::from(n)))
         {
             self.dropped += 1;
             return;

@@ -13,6 +13,7 @@
 pub mod connection;
 mod devices;
 pub mod guard;
+pub mod journal;
 pub mod outbox;
 mod reads;
 mod replay;
@@ -257,12 +258,29 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
     )?;
     let udp = hub.udp;
     let (router_tx, router_rx) = mpsc::channel(ROUTER_QUEUE);
-    let router = Router::new(
+    let mut router = Router::new(
         cfg.clone(),
         epoch,
         hub.clone(),
         (guard.clone(), backoff.clone()),
     );
+    if let Some(dir) = cfg.persist.dir.clone() {
+        let (persist, max_record) = (cfg.persist.clone(), cfg.limits.max_frame_bytes);
+        let (journal, entries, found) = tokio::task::spawn_blocking(move || {
+            journal::Journal::open(&persist, &dir, max_record)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        tracing::info!(
+            records = found.records,
+            topics = found.topics,
+            bytes = found.bytes,
+            corrupt_tail = found.tail.is_some(),
+            ms = found.elapsed.as_millis() as u64,
+            "journal read"
+        );
+        router.restore(journal, entries, &found);
+    }
     let router_cancel = cancel.clone();
     tracker.spawn(router.run(router_rx, router_cancel));
 

@@ -24,6 +24,7 @@ use tokio_util::time::DelayQueue;
 
 use super::devices::{DeviceEntry, PendingCmd};
 use super::guard::{bump, GuardStats};
+use super::journal::{Entry, Journal, JournalError, Recovery};
 use super::outbox::{Outbox, OutboxStats, Pushed};
 use super::replay::ReplayLog;
 use super::subs::SubTree;
@@ -186,6 +187,21 @@ pub struct Router {
     /// backoff, both published under `$sys`.
     pub(super) guard: Arc<GuardStats>,
     pub(super) backoff: Arc<Backoff>,
+    /// The retained-state journal (`[persist]`), if configured.
+    pub(super) journal: Option<Journal>,
+    /// Publish acknowledgements waiting for their journal record to reach the disk
+    /// (`fsync = "always"`), oldest first.
+    held: VecDeque<HeldAck>,
+    /// What the journal held at start, for `$sys/persist/`.
+    pub(super) recovered: Vec<(&'static str, u64)>,
+}
+
+/// A `puback` sent once the journal has record `lsn` on disk.
+struct HeldAck {
+    lsn: u64,
+    session: SessionId,
+    id: u64,
+    seq: Seq,
 }
 
 impl Router {
@@ -221,7 +237,57 @@ impl Router {
             connections: 0,
             guard,
             backoff,
+            journal: None,
+            held: VecDeque::new(),
+            recovered: Vec::new(),
         }
+    }
+
+    /// Gives the router its journal and the retained topics read back from it, which
+    /// it holds again (under new sequence numbers) before any client connects.
+    pub(super) fn restore(&mut self, journal: Journal, entries: Vec<Entry>, found: &Recovery) {
+        let max = self.cfg.limits.max_topics;
+        let mut skipped = 0usize;
+        for e in entries {
+            let topic = match Topic::new(&e.topic) {
+                Ok(t) if !t.is_reserved() && self.retained.len() < max => t.shared(),
+                _ => {
+                    skipped += 1;
+                    continue;
+                }
+            };
+            self.seq.0 += 1;
+            let frame = encode_frame(
+                &mut self.buf,
+                &UpdateRef {
+                    seq: self.seq,
+                    topic: &topic,
+                    value: &e.value,
+                    time: e.time,
+                    retain: true,
+                    quality: e.quality,
+                    position: None,
+                    display: None,
+                    target: None,
+                    deadline: None,
+                },
+            );
+            self.retained.insert(topic, Retained { frame });
+        }
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                max_topics = max,
+                "journal topics not restored (invalid, reserved or over limits.max_topics)"
+            );
+        }
+        self.journal = Some(journal);
+        self.recovered = vec![
+            ("recovered_topics", self.retained.len() as u64),
+            ("recovered_records", found.records as u64),
+            ("recovery_ms", found.elapsed.as_millis() as u64),
+            ("corrupt_tail_bytes", found.tail.as_ref().map_or(0, |t| t.1)),
+        ];
     }
 
     /// Runs until `cancel` fires (then says goodbye to every client) or every sender
@@ -231,6 +297,7 @@ impl Router {
         let mut batch = Vec::with_capacity(BATCH);
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.sys.interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let durable = self.journal.as_ref().map(Journal::waker);
         loop {
             tokio::select! {
                 // Shutdown first, so a flood of messages cannot delay it.
@@ -244,6 +311,13 @@ impl Router {
                         self.handle(msg);
                     }
                 }
+                // Acknowledgements waiting for the disk.
+                _ = async {
+                    match &durable {
+                        Some(d) => d.notified().await,
+                        None => std::future::pending().await,
+                    }
+                }, if !self.held.is_empty() => self.release_held(),
                 // Command deadlines; the branch is idle while none are pending.
                 Some(expired) = self.deadlines.next(), if !self.deadlines.is_empty() => {
                     self.command_timeout(expired.into_inner());
@@ -262,6 +336,9 @@ impl Router {
     /// End of a batch: every outbox that got frames writes them (directly to its
     /// socket when its writer is idle, else through its writer task).
     fn flush_dirty(&mut self) {
+        if let Some(j) = &mut self.journal {
+            j.flush();
+        }
         for o in self.dirty.drain(..) {
             o.flush(&mut self.wbuf);
         }
@@ -272,6 +349,12 @@ impl Router {
     }
 
     fn shutdown(&mut self) {
+        // Everything accepted reaches the disk, then its publishers hear so.
+        if let Some(j) = &mut self.journal {
+            j.close();
+        }
+        self.release_held();
+        self.flush_dirty();
         let bye = frame(&BusMsg::Bye {
             reason: "shutdown".into(),
             message: "the bus is shutting down".into(),
@@ -786,11 +869,90 @@ impl Router {
                         ),
                     );
                 }
-                self.publish(&topic.shared(), &value, retain, ControlFields::default())
+                let topic = topic.shared();
+                let lsn = match self.journal_append(&topic, &value, retain) {
+                    Ok(lsn) => lsn,
+                    Err(e) => {
+                        let code = match e {
+                            JournalError::Behind(_) => ErrorCode::Busy,
+                            JournalError::Failed(_) => ErrorCode::Unavailable,
+                        };
+                        return self.error(sid, id, code, format!("{topic}: {e}"));
+                    }
+                };
+                let seq = self.publish(&topic, &value, retain, ControlFields::default());
+                if let (Some(lsn), Some(id)) = (lsn, id) {
+                    if self.journal.as_ref().is_some_and(Journal::acks_wait) {
+                        self.held.push_back(HeldAck {
+                            lsn,
+                            session: sid,
+                            id,
+                            seq,
+                        });
+                        return;
+                    }
+                }
+                seq
             }
         };
         if let Some(id) = id {
             self.answer(sid, Kind::Publish, id, frame(&BusMsg::Puback { id, seq }));
+        }
+    }
+}
+
+impl Router {
+    /// Journals a client's retained publish outside devices (a deletion only if the
+    /// topic exists); the record's number, or `None` when nothing is journaled.
+    fn journal_append(
+        &mut self,
+        topic: &Arc<str>,
+        value: &Value,
+        retain: bool,
+    ) -> Result<Option<u64>, JournalError> {
+        let Some(j) = &mut self.journal else {
+            return Ok(None);
+        };
+        if !retain || (value.is_nil() && !self.retained.contains_key(&**topic)) {
+            return Ok(None);
+        }
+        j.append(topic, value, now_ms(), None).map(Some)
+    }
+
+    /// Acknowledgements waiting for the disk.
+    pub(super) fn held_acks(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Sends the acknowledgements whose records are on disk; when the journal has
+    /// failed, the held ones get `unavailable` instead.
+    fn release_held(&mut self) {
+        let Some(j) = &self.journal else {
+            return;
+        };
+        let durable = j.durable();
+        let failed = j.failed();
+        while let Some(h) = self.held.front() {
+            if h.lsn > durable && failed.is_none() {
+                break;
+            }
+            let h = self.held.pop_front().expect("front exists");
+            let answer = if h.lsn <= durable {
+                frame(&BusMsg::Puback {
+                    id: h.id,
+                    seq: h.seq,
+                })
+            } else {
+                frame(&BusMsg::Error {
+                    id: Some(h.id),
+                    code: ErrorCode::Unavailable,
+                    message: format!(
+                        "published but not journaled: {}",
+                        failed.as_deref().unwrap_or_default()
+                    ),
+                })
+            };
+            self.answer(h.session, Kind::Publish, h.id, answer);
         }
     }
 }

@@ -97,6 +97,26 @@ impl Router {
         for (name, v) in self.hub.stats.snapshot() {
             self.publish_sys_value(format!("$sys/telemetry/{name}"), Value::from(v));
         }
+        if let Some(j) = &self.journal {
+            use std::sync::atomic::Ordering::Relaxed;
+            let st = j.stats();
+            let mut persist = vec![
+                ("records", st.records.load(Relaxed)),
+                ("bytes", st.bytes.load(Relaxed)),
+                ("fsyncs", st.fsyncs.load(Relaxed)),
+                ("last_fsync_us", st.last_fsync_us.load(Relaxed)),
+                ("compactions", st.compactions.load(Relaxed)),
+                ("errors", st.errors.load(Relaxed)),
+                ("live_topics", st.live_topics.load(Relaxed)),
+                ("file_bytes", st.file_bytes.load(Relaxed)),
+                ("pending_bytes", st.pending_bytes.load(Relaxed)),
+                ("held_acks", self.held_acks() as u64),
+            ];
+            persist.extend(self.recovered.iter().copied());
+            for (name, v) in persist {
+                self.publish_sys_value(format!("$sys/persist/{name}"), Value::from(v));
+            }
+        }
         let blocked = self.backoff.blocked(std::time::Instant::now()) as u64;
         self.publish_sys_value("$sys/auth/blocked_addresses".into(), Value::from(blocked));
         for (name, v) in self.guard.snapshot() {

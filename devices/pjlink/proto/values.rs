@@ -168,7 +168,7 @@ pub struct Lamp {
 /// Reads `LAMP ?`: 1..=8 pairs `<hours> <0|1>`, separated by spaces.
 pub fn parse_lamps(value: &str) -> Result<Vec<Lamp>, ProtoError> {
     let fields: Vec<&str> = value.split(' ').collect();
-    if fields.len() % 2 != 0 || fields.len() > 2 * MAX_LAMPS {
+    if !fields.len().is_multiple_of(2) || fields.len() > 2 * MAX_LAMPS {
         return Err(bad("lamp status", value));
     }
     let lamp = |hours: &str, on: &str| {
