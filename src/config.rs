@@ -462,7 +462,10 @@ impl Config {
             ("auth.backoff_ms", self.auth.backoff_ms as usize),
             ("auth.tracked_addresses", self.auth.tracked_addresses),
             ("session.heartbeat_ms", self.session.heartbeat_ms as usize),
-            ("persist.fsync_interval_ms", self.persist.fsync_interval_ms as usize),
+            (
+                "persist.fsync_interval_ms",
+                self.persist.fsync_interval_ms as usize,
+            ),
             ("persist.max_pending_bytes", self.persist.max_pending_bytes),
             ("session.handshake_ms", self.session.handshake_ms as usize),
             (

@@ -266,11 +266,10 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
     );
     if let Some(dir) = cfg.persist.dir.clone() {
         let (persist, max_record) = (cfg.persist.clone(), cfg.limits.max_frame_bytes);
-        let (journal, entries, found) = tokio::task::spawn_blocking(move || {
-            journal::Journal::open(&persist, &dir, max_record)
-        })
-        .await
-        .map_err(std::io::Error::other)??;
+        let (journal, entries, found) =
+            tokio::task::spawn_blocking(move || journal::Journal::open(&persist, &dir, max_record))
+                .await
+                .map_err(std::io::Error::other)??;
         tracing::info!(
             records = found.records,
             topics = found.topics,

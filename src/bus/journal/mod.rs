@@ -163,8 +163,7 @@ impl Journal {
             }
             Err(e) => return Err(annotate(e, format!("cannot read {}", path.display()))),
         };
-        if data.len() < record::HEADER.len() || &data[..record::HEADER.len()] != record::HEADER
-        {
+        if data.len() < record::HEADER.len() || &data[..record::HEADER.len()] != record::HEADER {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
@@ -248,7 +247,8 @@ impl Journal {
         if self.shared.failed.load(Ordering::Acquire) {
             return Err(JournalError::Failed(self.failure()));
         }
-        let behind = self.shared.stats.pending_bytes.load(Ordering::Relaxed) + self.enc.len() as u64;
+        let behind =
+            self.shared.stats.pending_bytes.load(Ordering::Relaxed) + self.enc.len() as u64;
         if behind >= self.max_pending {
             return Err(JournalError::Behind(behind));
         }
@@ -328,7 +328,11 @@ impl Journal {
     /// durable record. Blocks for at most one write and one `fsync`.
     pub fn close(&mut self) -> u64 {
         self.flush();
-        self.shared.queue.lock().expect("journal queue poisoned").closing = true;
+        self.shared
+            .queue
+            .lock()
+            .expect("journal queue poisoned")
+            .closing = true;
         self.shared.wake.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -123,9 +123,16 @@ impl Writer {
                     }
                 }
             }
-            if unsynced.is_none() && self.should_compact() {
-                if let Err(e) = self.compact() {
-                    self.fail(format!("compaction: {e}"));
+            if self.should_compact() && !self.shared.failed.load(Ordering::Acquire) {
+                match self.compact() {
+                    // The new file is synced whole: everything written is on disk.
+                    Ok(()) => {
+                        if let Some((written, _)) = unsynced.take() {
+                            self.shared.durable.store(written, Ordering::Release);
+                            self.shared.notify.notify_one();
+                        }
+                    }
+                    Err(e) => self.fail(format!("compaction: {e}")),
                 }
             }
             if closing {
