@@ -212,8 +212,10 @@ pub enum Command {
         #[arg(long)]
         bus: Option<String>,
         /// Workloads to run (repeatable): rtt, throughput, fanout, fanin, snapshot,
-        /// site, connections, command. Default: all of these. Also `devices` (only when
-        /// named): latency through bus, adapters and simulators, on a bus of its own.
+        /// site, connections, command, tingest, tfanout, tflood. Default: all of these.
+        /// Only when named, each on buses of its own: `devices` (latency through bus,
+        /// adapters and simulators) and `journal` (the cost of `[persist]` and the
+        /// recovery of 100,000 topics).
         #[arg(long = "workload")]
         workloads: Vec<String>,
         /// Multiply message counts and durations (e.g. 0.1 for a quick run).
@@ -451,11 +453,13 @@ async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
             scale,
             device_steps,
         } => {
-            let devices = crate::bench::DEVICES;
+            // Workloads that start their own buses: only when named, never with --bus.
+            let (devices, journal) = (crate::bench::DEVICES, crate::bench::JOURNAL);
+            let own = [devices, journal];
             for w in &workloads {
-                if !crate::bench::WORKLOADS.contains(&w.as_str()) && w != devices {
+                if !crate::bench::WORKLOADS.contains(&w.as_str()) && !own.contains(&w.as_str()) {
                     eprintln!(
-                        "avbus bench: unknown workload {w:?} (known: {}, {devices})",
+                        "avbus bench: unknown workload {w:?} (known: {}, {devices}, {journal})",
                         crate::bench::WORKLOADS.join(", ")
                     );
                     return Err(ExitCode::from(2));
@@ -466,26 +470,33 @@ async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
                 eprintln!("avbus bench: --devices {n}: 1 to {max}");
                 return Err(ExitCode::from(2));
             }
-            let with_devices = workloads.iter().any(|w| w == devices);
-            if with_devices && bus.is_some() {
-                eprintln!("avbus bench: the {devices} workload runs its own bus; leave out --bus");
+            let named = |name: &str| workloads.iter().any(|w| w == name);
+            if let (Some(w), Some(_)) = (own.iter().find(|w| named(w)), &bus) {
+                eprintln!("avbus bench: the {w} workload runs its own bus; leave out --bus");
                 return Err(ExitCode::from(2));
             }
             let others: Vec<String> = workloads
                 .iter()
-                .filter(|w| *w != devices)
+                .filter(|w| !own.contains(&w.as_str()))
                 .cloned()
                 .collect();
+            let failed = |e: String| {
+                eprintln!("avbus bench: {e}");
+                ExitCode::from(1)
+            };
             let mut rows = Vec::new();
-            if !with_devices || !others.is_empty() {
+            if !own.iter().any(|w| named(w)) || !others.is_empty() {
                 rows = bench_bus(bus, others, scale).await?;
             }
-            if with_devices {
-                let measured = crate::bench::devices(&device_steps, scale).await;
-                rows.extend(measured.map_err(|e| {
-                    eprintln!("avbus bench: {e}");
-                    ExitCode::from(1)
-                })?);
+            if named(devices) {
+                rows.extend(
+                    crate::bench::devices(&device_steps, scale)
+                        .await
+                        .map_err(failed)?,
+                );
+            }
+            if named(journal) {
+                rows.extend(crate::bench::journal(scale).await.map_err(failed)?);
             }
             outln!("{}", crate::bench::table(&rows));
             Ok(ExitCode::SUCCESS)

@@ -9,6 +9,7 @@
 
 mod avbus;
 mod devices;
+mod journal;
 mod telemetry;
 mod workloads;
 
@@ -23,6 +24,7 @@ use tokio::sync::mpsc;
 
 pub use self::avbus::{command, AvbusTransport};
 pub use self::devices::{devices, NAME as DEVICES, STEPS as DEVICE_STEPS};
+pub use self::journal::{journal, NAME as JOURNAL};
 pub use workloads::{connections, fanin, fanout, rtt, site, snapshot, throughput};
 
 /// Payload size of every benchmark message, as in the peers' workloads.
