@@ -34,6 +34,9 @@ use crate::value::Value;
 /// Bytes gathered before a write call; larger frames are written on their own.
 const WRITE_CHUNK: usize = 64 * 1024;
 
+/// The read buffer's first capacity.
+const READ_START: usize = 1024;
+
 /// What every connection needs from the bus.
 pub struct ConnCtx {
     pub cfg: Arc<Config>,
@@ -205,7 +208,9 @@ async fn serve<R, W>(
 {
     let cfg = ctx.cfg.clone();
     let max = cfg.limits.max_frame_bytes;
-    let mut reader = FramedRead::new(rd, codec(max));
+    // Small at first (an idle panel sends only hello and pongs); the codec reserves
+    // room for each longer frame as its header arrives.
+    let mut reader = FramedRead::with_capacity(rd, codec(max), READ_START);
     let label = peer.label();
     let ip = peer.ip();
 
@@ -440,7 +445,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     conn: ConnId,
 ) {
     let mut items = Vec::new();
-    let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
+    // Grown on first use: most connections are written to by the router directly
+    // (`Outbox::flush`) and an idle one never needs it.
+    let mut buf = BytesMut::new();
     loop {
         let notified = outbox.notified();
         let step = outbox.drain(&mut items);
