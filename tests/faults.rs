@@ -15,6 +15,8 @@ mod common;
 mod netem;
 #[path = "faults/netns.rs"]
 mod netns;
+#[path = "faults/process.rs"]
+mod process;
 #[path = "faults/view.rs"]
 mod view;
 
@@ -36,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use netem::{Impairment, Netem};
 use netns::{Host, Lab, NsRuntime};
+use process::BusProcess;
 use view::{bounded, differences, snapshot_of, State, Tracked};
 
 /// Retained topics the publisher keeps changing.
@@ -606,4 +609,154 @@ async fn a_device_cut_off_goes_offline_then_back_with_nothing_left_pending() {
     rig.stop().await;
     drop(sim);
     drop(projector);
+}
+
+/// The config file of the crash test's bus: every address of its namespace on
+/// `port` (0 the first time, then the same port again), heartbeats every 500 ms,
+/// the journal in `dir`, synced before each retained publish is acknowledged.
+fn crash_config(port: u16, dir: &std::path::Path) -> String {
+    format!(
+        "[listen]\ntcp = \"0.0.0.0:{port}\"\nhttp = \"off\"\n\n\
+         [auth.anonymous]\nall = true\n\n\
+         [session]\nheartbeat_ms = 500\n\n\
+         [persist]\ndir = \"{}\"\nfsync = \"always\"\n",
+        dir.display()
+    )
+}
+
+/// Publishes `n` retained topics `room/k<i>`, each until acknowledged (a publish cut
+/// by the crash is sent again, the same value), recording each acknowledged one.
+/// One topic per change: a value acknowledged before the crash is never overwritten
+/// after it, so only the journal can bring it back.
+async fn publish_through(
+    publisher: Client,
+    n: u32,
+    acked: std::sync::Arc<std::sync::Mutex<State>>,
+) {
+    for i in 0..n {
+        let topic = format!("room/k{i}");
+        let value = Value::from(i + 1);
+        let seq = loop {
+            match publisher.publish(&topic, value.clone(), true).await {
+                Ok(seq) => break seq,
+                Err(e) => eprintln!("crash: publish {i} not acknowledged ({e}); again"),
+            }
+        };
+        acked.lock().expect("acked").insert(topic, (value, seq.0));
+    }
+}
+
+/// Scenario 4: the bus (its own process, journal with `fsync = "always"`) is killed
+/// with SIGKILL in the middle of a stream of acknowledged retained publishes and
+/// started again on the same port. The panels, behind their link, come back to a
+/// new epoch, so they resync (`resumed: false`); every acknowledged value is on the
+/// bus and on both panels, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_killed_mid_stream_restarts_with_every_acknowledged_value() {
+    const CHANGES: u32 = 600;
+    let mut lab = lab_or_skip!();
+    let host = lab.host("panels").expect("a host namespace");
+    let scratch = process::Scratch::new("crash");
+    let (journal, config, log) = (
+        scratch.0.join("journal"),
+        scratch.0.join("bus.toml"),
+        scratch.0.join("bus.log"),
+    );
+    std::fs::write(&config, crash_config(0, &journal)).expect("write the config");
+    let first = BusProcess::start(&lab.ns, &config, &log, SETTLE).await;
+    let port = first.ready.port;
+    let epoch = first.ready.epoch;
+    let local = options(&format!("127.0.0.1:{port}"), "publisher", Role::Tool);
+    let publisher = connect(&lab.bus, local).await;
+    let mut panels = Vec::new();
+    for name in ["panel-a", "panel-b"] {
+        let opts = options(&format!("{}:{port}", host.bus_addr), name, Role::Panel);
+        let panel = connect(&host.rt, opts).await;
+        let sub = panel.subscribe(&[FILTER]).await.expect("subscribe");
+        let mut tracked = Tracked::start(&panel, sub);
+        tracked
+            .until("the panel's first snapshot", SETTLE, |v| v.synced >= 1)
+            .await;
+        panels.push((panel, tracked));
+    }
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(State::new()));
+    let stream = tokio::spawn(publish_through(publisher.clone(), CHANGES, acked.clone()));
+    // Mid-stream: once a third of the changes are acknowledged, with more in flight.
+    panels[0]
+        .1
+        .until("a third of the changes on a panel", SETTLE, |v| {
+            v.updates >= u64::from(CHANGES / 3)
+        })
+        .await;
+    let acked_before = acked.lock().expect("acked").len();
+    first.kill();
+    let killed = Instant::now();
+    std::fs::write(&config, crash_config(port, &journal)).expect("rewrite the config");
+    let second = BusProcess::start(&lab.ns, &config, &log, SETTLE).await;
+    let restart = killed.elapsed();
+    assert_eq!(second.ready.port, port);
+    assert_ne!(second.ready.epoch, epoch, "a new epoch");
+    bounded("the stream of publishes to end", SETTLE, stream)
+        .await
+        .expect("the publisher");
+    let last = common::within(
+        "the last publish",
+        publisher.publish("room/done", Value::from(CHANGES), true),
+    )
+    .await
+    .expect("the last publish");
+    let truth = {
+        let checker = connect(
+            &lab.bus,
+            options(&format!("127.0.0.1:{port}"), "checker", Role::Tool),
+        )
+        .await;
+        let mut sub = checker.subscribe(&[FILTER]).await.expect("subscribe");
+        let state = bounded("the checker's snapshot", SETTLE, snapshot_of(&mut sub)).await;
+        checker.close().await;
+        state
+    };
+    for (topic, (value, _)) in acked.lock().expect("acked").iter() {
+        let on_bus = truth.get(topic).map(|(v, _)| v);
+        assert_eq!(
+            on_bus,
+            Some(value),
+            "{topic}: the acknowledged value survived"
+        );
+    }
+    for (panel, mut tracked) in panels {
+        tracked.reaches("room/done", last, SETTLE).await;
+        let view = tracked.view().clone();
+        assert_eq!(
+            view.state,
+            truth,
+            "the panel ended with other state than the bus's: {}",
+            differences(&view.state, &truth)
+        );
+        assert!(
+            view.connects.contains(&false),
+            "a new epoch: the session cannot resume ({:?})",
+            view.connects
+        );
+        assert!(view.resyncs >= 1, "the panel rebuilt its map from a resync");
+        eprintln!(
+            "crash: killed after {acked_before} acknowledged changes of {CHANGES}; ready again \
+             {:.2} s after SIGKILL; {}: reconnections (resumed?) {:?}, resyncs {}",
+            restart.as_secs_f64(),
+            panel_name(&panel),
+            view.connects,
+            view.resyncs
+        );
+        drop(tracked);
+        panel.close().await;
+    }
+    publisher.close().await;
+    drop(second);
+    drop(host);
+    drop(lab);
+    drop(scratch);
+}
+
+fn panel_name(panel: &Client) -> String {
+    format!("{panel:?}")
 }
