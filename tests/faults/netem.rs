@@ -5,9 +5,9 @@
 //! probability `loss`. Packets held for different times leave out of order, so
 //! jitter reorders, as netem's does.
 //!
-//! Bounds: the kernel queue holds at most [`QUEUE_MAX`] packets; past that the kernel
-//! drops them (as a full netem queue would); so does this thread's heap, which never
-//! holds more than the kernel queue lets through.
+//! Bounds: the kernel queue holds at most [`QUEUE_MAX`] packets awaiting a verdict,
+//! those held here included; past that the kernel drops new ones (as a full netem
+//! queue would), so this thread's heap never holds more than that.
 
 use std::collections::BinaryHeap;
 use std::io;
