@@ -6,9 +6,9 @@
 //!
 //! Needs root (CAP_NET_ADMIN) and iproute2; loss and jitter also need iptables
 //! (`faults/netem.rs`: the kernel may have no `tc netem`). Without them each test
-//! prints "skipped: ..." and passes, unless `AVBUS_FAULTS_REQUIRED` is set (as
-//! `scripts/faults` does), when it fails. The five-minute partition is `#[ignore]`d:
-//! `scripts/faults` runs it.
+//! says "skipped: ..." on stderr and passes, unless `AVBUS_FAULTS_REQUIRED` is set
+//! (as `scripts/faults` does) or `CI` is, when it fails. The five-minute partition
+//! is `#[ignore]`d: `scripts/faults` runs it.
 
 mod common;
 #[path = "faults/netem.rs"]
@@ -48,14 +48,20 @@ const FILTER: &str = "room/#";
 /// Longest wait for something that follows a fault (detection, backoff, resume).
 const SETTLE: Duration = Duration::from_secs(60);
 
-/// Prints why a scenario cannot run here and returns; fails instead when the
-/// harness was asked to run everything (`AVBUS_FAULTS_REQUIRED`, set by
-/// `scripts/faults`).
+/// Says on stderr (past the test harness's capture) why a scenario cannot run here;
+/// fails instead when the harness was asked to run everything
+/// (`AVBUS_FAULTS_REQUIRED`, set by `scripts/faults`) and under CI.
 fn skip(why: &str) {
-    if std::env::var_os("AVBUS_FAULTS_REQUIRED").is_some() {
-        panic!("cannot run: {why}");
+    use std::io::Write;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("faults")
+        .to_string();
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty());
+    if ci || std::env::var_os("AVBUS_FAULTS_REQUIRED").is_some() {
+        panic!("{test} cannot run: {why}");
     }
-    eprintln!("skipped: {why}");
+    let _ = writeln!(std::io::stderr(), "{test}: skipped: {why}");
 }
 
 macro_rules! lab_or_skip {
