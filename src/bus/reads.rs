@@ -69,37 +69,55 @@ impl Router {
     /// Current retained frames matching any of `filters` that `grant` may read, each
     /// topic once.
     pub(super) fn snapshot(&self, filters: &[Filter], grant: &Grant) -> Vec<Bytes> {
+        // One filter (the usual case) finds each topic once, in order: no need to
+        // gather them in a map first.
+        if let [f] = filters {
+            let mut out = Vec::new();
+            self.matching(f, |k, frame| {
+                if grant.read.allows(k) {
+                    out.push(frame.clone());
+                }
+            });
+            return out;
+        }
         let mut found: BTreeMap<&Arc<str>, &Bytes> = BTreeMap::new();
         for f in filters {
-            if f.is_exact() {
-                if let Some((k, r)) = self.retained.get_key_value(f.as_str()) {
-                    found.insert(k, &r.frame);
-                }
-                continue;
-            }
-            let prefix = f.literal_prefix();
-            // `a/#` also matches `a` itself, which sorts before `a/`.
-            if let Some(parent) = f.as_str().strip_suffix("/#") {
-                if !parent.contains(['+', '#']) {
-                    if let Some((k, r)) = self.retained.get_key_value(parent) {
-                        found.insert(k, &r.frame);
-                    }
-                }
-            }
-            let range = self
-                .retained
-                .range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
-            for (k, r) in range.take_while(|(k, _)| k.starts_with(prefix)) {
-                if f.matches(k) {
-                    found.insert(k, &r.frame);
-                }
-            }
+            self.matching(f, |k, frame| {
+                found.insert(k, frame);
+            });
         }
         found
             .into_iter()
             .filter(|(k, _)| grant.read.allows(k))
             .map(|(_, f)| f.clone())
             .collect()
+    }
+
+    /// Calls `each` for every retained topic matching `f`, in topic order.
+    fn matching<'a>(&'a self, f: &Filter, mut each: impl FnMut(&'a Arc<str>, &'a Bytes)) {
+        if f.is_exact() {
+            if let Some((k, r)) = self.retained.get_key_value(f.as_str()) {
+                each(k, &r.frame);
+            }
+            return;
+        }
+        let prefix = f.literal_prefix();
+        // `a/#` also matches `a` itself, which sorts before `a/`.
+        if let Some(parent) = f.as_str().strip_suffix("/#") {
+            if !parent.contains(['+', '#']) {
+                if let Some((k, r)) = self.retained.get_key_value(parent) {
+                    each(k, &r.frame);
+                }
+            }
+        }
+        let range = self
+            .retained
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
+        for (k, r) in range.take_while(|(k, _)| k.starts_with(prefix)) {
+            if f.matches(k) {
+                each(k, &r.frame);
+            }
+        }
     }
 
     pub(super) fn subscribe(&mut self, sid: SessionId, id: u64, raw: &[String]) {

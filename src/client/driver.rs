@@ -128,6 +128,8 @@ struct Driver {
     wbuf: BytesMut,
     /// Whether some subscription is lagging (see [`Driver::recover`]).
     lagging: bool,
+    /// Subscriptions an event goes to (reused).
+    targets: Vec<u64>,
     last_error: Option<String>,
     /// Whether a connection was ever established (a later new session is a resync).
     connected_before: bool,
@@ -163,6 +165,7 @@ pub(crate) async fn run(
         last_seq: Seq(0),
         snap: None,
         wbuf: BytesMut::with_capacity(16 * 1024),
+        targets: Vec::new(),
         lagging: false,
         last_error: None,
         connected_before: false,
@@ -618,6 +621,8 @@ impl Driver {
     /// [`Driver::recover`] resyncs it. Commands, other subscriptions and heartbeats
     /// are never held up by it.
     fn deliver(&mut self, ev: SubEvent, only: Option<u64>, topic: Option<&str>) {
+        let mut targets = std::mem::take(&mut self.targets);
+        targets.clear();
         for (id, s) in self.subs.iter_mut() {
             if only.is_some_and(|o| o != *id) {
                 continue;
@@ -629,7 +634,18 @@ impl Driver {
                 *n += 1;
                 continue;
             }
-            if let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(ev.clone()) {
+            targets.push(*id);
+        }
+        // The last subscription takes the event itself; only the others get copies
+        // (usually there is one).
+        let mut ev = Some(ev);
+        let last = targets.len().saturating_sub(1);
+        for (i, id) in targets.iter().enumerate() {
+            let e = if i == last { ev.take() } else { ev.clone() };
+            let (Some(e), Some(s)) = (e, self.subs.get_mut(id)) else {
+                continue;
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(e) {
                 tracing::warn!(
                     sub = id,
                     "subscription not read fast enough: resync when drained"
@@ -638,6 +654,7 @@ impl Driver {
                 self.lagging = true;
             }
         }
+        self.targets = targets;
     }
 
     /// Resyncs the lagging subscriptions whose queue the application has drained.
