@@ -225,6 +225,26 @@ pub enum Command {
         #[arg(long = "devices", value_delimiter = ',', default_values_t = crate::bench::DEVICE_STEPS)]
         device_steps: Vec<usize>,
     },
+    /// Soak a bus: panels connecting, commanding and dropping at random against
+    /// simulated devices for a bounded time, then checks of memory, descriptors and
+    /// state (exit 1 when a check fails).
+    Soak {
+        /// Length of the load in minutes (default 10).
+        #[arg(long, conflicts_with = "seconds")]
+        minutes: Option<u64>,
+        /// Length of the load in seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Panels connected at once (each connects, drops and comes back again).
+        #[arg(long, default_value_t = 300)]
+        panels: usize,
+        /// Extron switchers simulated (4 to a room), plus an X32 console per 20.
+        #[arg(long, default_value_t = 40)]
+        devices: usize,
+        /// Seed of the panels' choices (default: random, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Credentials: make tokens, hash them, fingerprint client certificates.
     Token {
         #[command(subcommand)]
@@ -500,6 +520,33 @@ async fn tool(cmd: Command) -> Result<ExitCode, ExitCode> {
             }
             outln!("{}", crate::bench::table(&rows));
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Soak {
+            minutes,
+            seconds,
+            panels,
+            devices,
+            seed,
+        } => {
+            let secs = seconds.unwrap_or(minutes.unwrap_or(10).saturating_mul(60));
+            let cfg = crate::soak::SoakConfig {
+                duration: Duration::from_secs(secs),
+                panels,
+                devices,
+                seed: seed.unwrap_or_else(|| fastrand::u64(..)),
+            };
+            if let Err(e) = cfg.validate() {
+                eprintln!("avbus soak: {e}");
+                return Err(ExitCode::from(2));
+            }
+            match crate::soak::run(&cfg).await {
+                Ok(o) if o.pass() => Ok(ExitCode::SUCCESS),
+                Ok(_) => Err(ExitCode::from(1)),
+                Err(e) => {
+                    eprintln!("avbus soak: {e}");
+                    Err(ExitCode::from(2))
+                }
+            }
         }
         Command::Token { command } => token(command),
         Command::Serve { .. }

@@ -13,6 +13,7 @@
 //! * [`client`]: the Rust client library for panels, adapters and tools;
 //! * [`cli`]: the `avbus` command line;
 //! * [`mod@bench`]: the avbus benchmark workloads behind `avbus bench`;
+//! * [`soak`]: `avbus soak`, a bounded run of a site under churn with end checks;
 //! * [`devices`]: adapters and simulators (the `devices/` directory at the top level).
 //!
 //! `docs/architecture.md` explains the tasks, channels and their bounds.
@@ -28,6 +29,7 @@ pub mod devices;
 pub mod gateway;
 pub mod model;
 pub mod protocol;
+pub mod soak;
 pub mod telemetry;
 pub mod tls;
 pub mod topic;
