@@ -250,10 +250,11 @@ fn probe_control(site: &Site, key: &str) -> String {
     }
 }
 
-/// Every device is online, takes a command (the opposite of its current mute) and
-/// shows the confirmed state.
-pub(super) async fn devices(checker: &Client, site: &Site) -> Check {
-    let mut failures = Vec::new();
+/// Every device is online (`online`: whether they all came back when the load
+/// stopped), takes a command (the opposite of its current mute) and shows the
+/// confirmed state.
+pub(super) async fn devices(checker: &Client, site: &Site, online: Result<(), String>) -> Check {
+    let mut failures: Vec<String> = online.err().into_iter().collect();
     let online = snapshot(checker, &["+/+/online".to_owned()]).await;
     let devices = site.devices();
     for key in &devices {
@@ -272,7 +273,7 @@ pub(super) async fn devices(checker: &Client, site: &Site) -> Check {
     }
     let mut detail = format!(
         "{} of {} devices online and answering",
-        devices.len() - failures.len(),
+        devices.len().saturating_sub(failures.len()),
         devices.len()
     );
     if let Some(f) = failures.first() {

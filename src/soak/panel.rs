@@ -1,5 +1,5 @@
 //! The load: panel slots. Each slot is one panel that, again and again until the
-//! load stops, connects (through its own [`SlotProxy`]), subscribes to wildcard
+//! load stops, connects (through its own [`Link`]), subscribes to wildcard
 //! filters, perhaps joins its room and subscribes to the consoles' meters, then
 //! toggles device controls, publishes its room's retained `scene` and `mode`, reads
 //! and pings at random; now and then its Wi-Fi drops (the proxy cuts it, sometimes
@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::procs::Site;
-use super::proxy::SlotProxy;
+use super::proxy::Link;
 use crate::client::{Client, ClientOptions, ConnectionEvent, SubEvent, Subscription};
 use crate::protocol::{Role, Seq, SessionId, Update};
 use crate::value::Value;
@@ -71,6 +71,8 @@ pub struct Counters {
     pub reads: AtomicU64,
     pub tsubs: AtomicU64,
     pub telemetry_values: AtomicU64,
+    /// Switcher outages injected ([`super::faults`]).
+    pub device_faults: AtomicU64,
     /// Failed commands by error code.
     pub set_errors: Mutex<BTreeMap<String, u64>>,
 }
@@ -100,6 +102,7 @@ pub struct LoadStats {
     pub reads: u64,
     pub tsubs: u64,
     pub telemetry_values: u64,
+    pub device_faults: u64,
     pub set_errors: BTreeMap<String, u64>,
 }
 
@@ -125,6 +128,7 @@ impl Counters {
             reads: g(&self.reads),
             tsubs: g(&self.tsubs),
             telemetry_values: g(&self.telemetry_values),
+            device_faults: g(&self.device_faults),
             set_errors: self
                 .set_errors
                 .lock()
@@ -284,7 +288,7 @@ struct Slot {
     /// Its publishes so far (numbers its values, so each is unique).
     n: u64,
     load: Arc<Load>,
-    proxy: Arc<SlotProxy>,
+    proxy: Arc<Link>,
     stop: CancellationToken,
 }
 
@@ -293,7 +297,7 @@ struct Slot {
 pub(super) async fn slot(
     idx: usize,
     load: Arc<Load>,
-    proxy: Arc<SlotProxy>,
+    proxy: Arc<Link>,
     stop: CancellationToken,
 ) -> Option<Kept> {
     let mut s = Slot {

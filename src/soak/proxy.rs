@@ -1,22 +1,28 @@
-//! A panel's network path: a TCP proxy in front of the bus, one per panel slot, that
-//! the soak can cut (the Wi-Fi drops: the client reconnects through it and resumes)
-//! or hold down (new connections are accepted and dropped at once, as an unreachable
-//! bus looks to a panel in a dead spot).
+//! A cuttable network path: a TCP proxy that the soak can cut (both sides dropped
+//! without a goodbye) or hold down (new connections are accepted and dropped at
+//! once). One stands in front of the bus for each panel slot (the panel's Wi-Fi: it
+//! drops, the client reconnects through it and resumes) and one in front of each
+//! switcher simulator (the device's network: the adapter marks it offline and
+//! reconnects with backoff).
 //!
-//! It lives in the soak's process, so its sockets never count against the bus's file
-//! descriptors; the bus sees one ordinary TCP connection per panel.
+//! Links live in the soak's process, so their sockets never count against the bus's
+//! file descriptors; the bus sees its ordinary connections.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// One slot's proxy. Its accept loop and pumps end when the soak's `stop` token is
-/// cancelled.
-pub(super) struct SlotProxy {
-    /// Where the slot's panel connects.
+/// Pause after a failed `accept`.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// One link. Its accept loop and pumps end when the token given to [`Link::start`]
+/// is cancelled (the soak's teardown, after the checks).
+pub(super) struct Link {
+    /// Where its client connects.
     pub addr: SocketAddr,
     down: Arc<AtomicBool>,
     /// The soak's stop token: every cut token is a child of it.
@@ -26,12 +32,12 @@ pub(super) struct SlotProxy {
     cut: Arc<Mutex<CancellationToken>>,
 }
 
-impl SlotProxy {
-    /// Binds a loopback port and forwards each connection to `bus`.
+impl Link {
+    /// Binds a loopback port and forwards each connection to `target`.
     ///
     /// # Errors
     /// The bind error.
-    pub async fn start(bus: SocketAddr, stop: CancellationToken) -> std::io::Result<SlotProxy> {
+    pub async fn start(target: SocketAddr, stop: CancellationToken) -> std::io::Result<Link> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let down = Arc::new(AtomicBool::new(false));
@@ -41,21 +47,26 @@ impl SlotProxy {
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
-                    // The soak is over: stop accepting (current pumps end with `stop`).
+                    // The soak is over: stop accepting (current pumps end with it).
                     _ = stop.cancelled() => return,
                     a = listener.accept() => a,
                 };
-                let Ok((inbound, _)) = accepted else { continue };
+                let Ok((inbound, _)) = accepted else {
+                    // Out of descriptors, most likely: try again shortly rather than
+                    // spin (the soak's own limits keep this from lasting).
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                };
                 if d.load(Ordering::SeqCst) {
-                    // Down: the panel's connection opens and dies at once.
+                    // Down: the connection opens and dies at once.
                     drop(inbound);
                     continue;
                 }
                 let token = c.lock().unwrap_or_else(PoisonError::into_inner).clone();
-                tokio::spawn(pump(inbound, bus, token));
+                tokio::spawn(pump(inbound, target, token));
             }
         });
-        Ok(SlotProxy {
+        Ok(Link {
             addr,
             down,
             root,
@@ -79,8 +90,8 @@ impl SlotProxy {
 }
 
 /// Copies both ways until either side closes or the connection is cut.
-async fn pump(mut inbound: TcpStream, bus: SocketAddr, cut: CancellationToken) {
-    let Ok(mut outbound) = TcpStream::connect(bus).await else {
+async fn pump(mut inbound: TcpStream, target: SocketAddr, cut: CancellationToken) {
+    let Ok(mut outbound) = TcpStream::connect(target).await else {
         return;
     };
     let _ = inbound.set_nodelay(true);

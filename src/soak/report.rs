@@ -148,6 +148,7 @@ impl Sample {
             ("pubs_acked", l.pubs_acked),
             ("pubs_failed", l.pubs_failed),
             ("telemetry_values", l.telemetry_values),
+            ("device_faults", l.device_faults),
         ] {
             f.push((k.into(), v as f64));
         }
