@@ -106,6 +106,7 @@ pub const SYS_COUNTERS: &[&str] = &[
     "gaps",
     "resyncs",
     "commands_pending",
+    "telemetry/subscriptions",
     "telemetry/datagrams_out",
     "telemetry/send_dropped",
 ];
