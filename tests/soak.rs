@@ -78,6 +78,7 @@ fn a_short_soak_samples_the_bus_and_passes_every_check() {
         "commands",
         "views",
         "retained",
+        "journal",
         "queues",
         "devices",
         "telemetry",
@@ -91,7 +92,7 @@ fn a_short_soak_samples_the_bus_and_passes_every_check() {
             "check {name} did not pass:\n{out}"
         );
     }
-    assert!(out.contains("SOAK result=pass checks=9 failed=-"), "{out}");
+    assert!(out.contains("SOAK result=pass checks=10 failed=-"), "{out}");
     // The panels really did churn: connections beyond the 20 slots' first, and drops.
     let end = out
         .lines()

@@ -204,7 +204,8 @@ pub fn judge_retained(t: &TopicLedger, got: Option<&Update>) -> Retained {
 
 /// Every acknowledged retained publish is on the bus with its value, unless a later
 /// publish to the topic (one whose answer was lost with its panel) replaced it.
-pub(super) async fn retained(checker: &Client, ledger: &Ledger) -> Check {
+/// Also returns how many of the topics the bus holds.
+pub(super) async fn retained(checker: &Client, ledger: &Ledger) -> (Check, u64) {
     let (mut exact, mut later, mut lost) = (0u64, 0u64, Vec::new());
     let mut topics: Vec<&String> = ledger.topics.keys().collect();
     topics.sort();
@@ -238,7 +239,10 @@ pub(super) async fn retained(checker: &Client, ledger: &Ledger) -> Check {
     if let Some(l) = lost.first() {
         detail.push_str(&format!("; {} lost, first: {l}", lost.len()));
     }
-    Check::new("retained", lost.is_empty(), detail)
+    (
+        Check::new("retained", lost.is_empty(), detail),
+        exact + later,
+    )
 }
 
 /// The control each device is commanded with at the end, by device key.

@@ -164,7 +164,8 @@ impl Rig {
             links.push(Arc::new(link));
         }
         let via: Vec<std::net::SocketAddr> = links.iter().map(|l| l.addr).collect();
-        let journal = None;
+        // The retained-state journal, soaked too (`[persist]`, fsync by interval).
+        let journal = Some(scratch.0.join("journal"));
         let path = scratch.0.join("bus.toml");
         std::fs::write(&path, bus_config(site, &via, &co, journal.as_deref()))
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -466,7 +467,30 @@ async fn settle_and_check(
     checks.push(check::views(checker, &kept).await);
     // Every slot has stopped: nothing writes to the ledger any more.
     let ledger = std::mem::take(&mut *load.ledger.lock().unwrap_or_else(|e| e.into_inner()));
-    checks.push(check::retained(checker, &ledger).await);
+    let (check, held) = check::retained(checker, &ledger).await;
+    checks.push(check);
+    if rig.journal.is_some() {
+        // The journal keeps exactly the panels' retained topics (device state and `$`
+        // topics are not journaled), and never failed.
+        let (ok, map) = obs
+            .wait_for(SETTLE_WAIT, |m| {
+                m.sys("persist/live_topics") == held && m.sys("persist/errors") == 0
+            })
+            .await;
+        checks.push(Check::new(
+            "journal",
+            ok,
+            format!(
+                "{} live topics (the bus holds {held} published by panels), {} records, \
+                 {} compactions, {} errors, file {} bytes",
+                map.sys("persist/live_topics"),
+                map.sys("persist/records"),
+                map.sys("persist/compactions"),
+                map.sys("persist/errors"),
+                map.sys("persist/file_bytes"),
+            ),
+        ));
+    }
     let skip = [obs.session(), checker.session()];
     let (drained, map) = obs
         .wait_for(SETTLE_WAIT, |m| m.queues(&skip).frames == 0)

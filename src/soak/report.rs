@@ -109,6 +109,11 @@ pub const SYS_COUNTERS: &[&str] = &[
     "telemetry/subscriptions",
     "telemetry/datagrams_out",
     "telemetry/send_dropped",
+    "persist/records",
+    "persist/live_topics",
+    "persist/file_bytes",
+    "persist/compactions",
+    "persist/errors",
 ];
 
 impl Sample {
@@ -174,10 +179,10 @@ impl Sample {
 /// The header of the table of samples.
 pub fn table_header() -> String {
     format!(
-        "{:>7} {:>8} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>6} {:>6} {:>7} {:>6} {:>5} {:>5} {:>4} {:>8} {:>7} {:>6} {:>6} {:>6}",
+        "{:>7} {:>8} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>6} {:>6} {:>7} {:>6} {:>5} {:>5} {:>4} {:>8} {:>7} {:>6} {:>6} {:>6} {:>9}",
         "t(s)", "rss(MiB)", "fds", "conns", "sess", "subs", "topics", "replay", "queued",
         "q_peak", "dropped", "confl", "gaps", "resyn", "pend", "tele_out", "sets", "pubs",
-        "drops", "resume"
+        "drops", "resume", "jrnl(KiB)"
     )
 }
 
@@ -185,7 +190,7 @@ pub fn table_header() -> String {
 pub fn table_row(s: &Sample) -> String {
     let l = &s.load;
     format!(
-        "{:>7} {:>8.1} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>6} {:>6} {:>7} {:>6} {:>5} {:>5} {:>4} {:>8} {:>7} {:>6} {:>6} {:>6}",
+        "{:>7} {:>8.1} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>6} {:>6} {:>7} {:>6} {:>5} {:>5} {:>4} {:>8} {:>7} {:>6} {:>6} {:>6} {:>9}",
         if s.label.is_empty() { format!("{:.0}", s.t_s) } else { s.label.clone() },
         s.rss_kib as f64 / 1024.0,
         s.fds,
@@ -206,6 +211,8 @@ pub fn table_row(s: &Sample) -> String {
         l.pubs_acked + l.pubs_failed,
         l.closed + l.vanished + l.cuts,
         l.resumed,
+        s.journal_bytes
+            .map_or("-".to_owned(), |b| format!("{:.1}", b as f64 / 1024.0)),
     )
 }
 
