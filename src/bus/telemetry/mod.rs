@@ -44,6 +44,7 @@ mod ingest;
 mod io;
 mod slot;
 mod stats;
+mod thread;
 
 pub use slot::{TelemetrySlot, SLOT_DATAGRAMS};
 pub use stats::Stats;
@@ -201,7 +202,8 @@ struct TSub {
     queued: bool,
 }
 
-/// Binds the UDP socket (buffer sizes from the config) and starts the hub.
+/// Binds the UDP socket (buffer sizes from the config) and starts the hub on a
+/// thread of its own (`thread.rs`).
 ///
 /// # Errors
 /// The bind error, naming the address.
@@ -233,7 +235,12 @@ pub fn start(
         sock.send_buffer_size().unwrap_or(0) as u64,
         Ordering::Relaxed,
     );
-    let socket = UdpSocket::from_std(sock.into())?;
+    // The socket belongs to the hub's own runtime (`thread.rs`).
+    let rt = thread::runtime()?;
+    let socket = {
+        let _in_rt = rt.enter();
+        UdpSocket::from_std(sock.into())?
+    };
     let udp = socket.local_addr()?;
     let (ctl_tx, ctl_rx) = mpsc::channel(HUB_QUEUE);
     let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE);
@@ -254,7 +261,7 @@ pub fn start(
         scratch: BytesMut::with_capacity(MAX_DATAGRAM),
         tx: io::SendBatch::new(),
     };
-    tracker.spawn(hub.run(ctl_rx, ingest_rx, cancel));
+    thread::spawn(rt, hub, ctl_rx, ingest_rx, cancel, tracker)?;
     Ok(HubHandle {
         ctl: ctl_tx,
         ingest: ingest_tx,
