@@ -336,9 +336,9 @@ const FLOOD_SETUP: Duration = Duration::from_secs(30);
 /// phases; stopped when dropped.
 struct Flood {
     on: watch::Sender<bool>,
-    /// Values published, and values the flood's panels received.
+    /// Values published; datagrams the flood's panels received, and lost.
     published: Arc<AtomicU64>,
-    received: Arc<AtomicU64>,
+    datagrams: [Arc<AtomicU64>; 2],
     done: Vec<tokio::sync::oneshot::Receiver<()>>,
 }
 
@@ -387,7 +387,7 @@ impl Flood {
     async fn start(addr: &str) -> Result<Flood, String> {
         let (on, on_rx) = watch::channel(false);
         let published = Arc::new(AtomicU64::new(0));
-        let received = Arc::new(AtomicU64::new(0));
+        let datagrams = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
         let (a, rx, count) = (addr.to_owned(), on_rx.clone(), published.clone());
         let publisher = side_thread("tflood-publisher", None, move |ready| {
             flood_publisher(a, rx, count, ready)
@@ -396,12 +396,12 @@ impl Flood {
         let mut flood = Flood {
             on,
             published,
-            received: received.clone(),
+            datagrams: datagrams.clone(),
             done: vec![publisher],
         };
         let a = addr.to_owned();
         let panels = side_thread("tflood-panels", Some(FLOOD_NICE), move |ready| {
-            flood_panels(a, on_rx, received, ready)
+            flood_panels(a, on_rx, datagrams, ready)
         })
         .await;
         match panels {
@@ -420,11 +420,13 @@ impl Flood {
         self.on.send_replace(on);
     }
 
-    /// (values published, values received) so far.
+    /// (values published, datagrams the bus sent the panels) so far: a datagram
+    /// sent is one received or one lost (a gap in the bus's `dseq`).
     fn counts(&self) -> (u64, u64) {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         (
-            self.published.load(Ordering::Relaxed),
-            self.received.load(Ordering::Relaxed),
+            g(&self.published),
+            g(&self.datagrams[0]) + g(&self.datagrams[1]),
         )
     }
 
@@ -488,27 +490,22 @@ async fn flood_publisher(
     adapter.close().await;
 }
 
-/// The flood's panels: subscribe to every meter of the flood's device, say ready,
-/// count what arrives until the [`Flood`] is dropped.
+/// The flood's panels (raw sessions, `telemetry/raw.rs`): subscribe to every
+/// meter of the flood's device, say ready, count the bus's datagrams (received and
+/// lost) until the [`Flood`] is dropped. They decode nothing, so what the flood
+/// costs the bench is small next to what it costs the bus.
 async fn flood_panels(
     addr: String,
     on: watch::Receiver<bool>,
-    received: Arc<AtomicU64>,
+    counts: [Arc<AtomicU64>; 2],
     ready: Ready,
 ) {
     let filter = format!("bench/flood-{}/+", std::process::id());
     let mut panels = Vec::new();
     for i in 0..FLOOD_PANELS {
-        let sub = async {
-            let p = connect(&addr, &format!("flood-panel{i}"), Role::Panel).await?;
-            let sub = p
-                .telemetry(&filter, FLOOD_PANEL_HZ)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((p, sub))
-        };
-        match sub.await {
-            Ok(x) => panels.push(x),
+        let name = format!("flood-panel{i}");
+        match raw::raw_panel(&addr, &name, &filter, FLOOD_PANEL_HZ).await {
+            Ok(p) => panels.push(p),
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
@@ -518,24 +515,11 @@ async fn flood_panels(
     let _ = ready.send(Ok(()));
     let readers: Vec<_> = panels
         .into_iter()
-        .map(|(p, mut sub)| {
-            let (mut on, received) = (on.clone(), received.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        v = sub.recv() => match v {
-                            Some(_) => received.fetch_add(1, Ordering::Relaxed),
-                            None => break,
-                        },
-                        // Only the end of the flood (the sender dropped) ends a reader.
-                        r = on.changed() => match r {
-                            Ok(()) => continue,
-                            Err(_) => break,
-                        },
-                    };
-                }
-                p.close().await;
-            })
+        .map(|p| {
+            let mut on = on.clone();
+            // Only the end of the flood (the sender dropped) ends a reader.
+            let stop = async move { while on.changed().await.is_ok() {} };
+            tokio::spawn(raw::count(p, counts[0].clone(), counts[1].clone(), stop))
         })
         .collect();
     for r in readers {
@@ -562,8 +546,8 @@ pub async fn command_under_flood(
     let bus_pid = bus_pid_or_env(bus_pid);
     let flood = Flood::start(addr).await?;
     let part = scale / FLOOD_ROUNDS as f64;
-    // (p50, p99, n, failed, bus CPU ms, seconds, values published, values
-    // received) per phase.
+    // (p50, p99, n, failed, bus CPU ms, seconds, values published, datagrams the
+    // bus sent the flood's panels) per phase.
     let mut phases: [Vec<[f64; 8]>; 2] = [Vec::new(), Vec::new()];
     let own0 = cpu_ms(std::process::id());
     let t_all = Instant::now();
@@ -649,9 +633,9 @@ pub async fn command_under_flood(
         ("n", sum(1, 2)),
         ("failed", sum(0, 3) + sum(1, 3)),
         ("flood_values_in_per_s", (sum(1, 6) / sum(1, 5)).round()),
-        ("flood_values_out_per_s", (sum(1, 7) / sum(1, 5)).round()),
+        ("flood_datagrams_out_per_s", (sum(1, 7) / sum(1, 5)).round()),
         ("flood_alone_values_in_per_s", alone_in),
-        ("flood_alone_values_out_per_s", alone_out),
+        ("flood_alone_datagrams_out_per_s", alone_out),
         ("bench_cpu_pct", own.round()),
         ("flood_nice", f64::from(FLOOD_NICE)),
     ];

@@ -1,9 +1,16 @@
-//! A raw telemetry publisher for `tingest`, written from `docs/protocol.md` alone:
-//! an adapter session (hello, declare, UDP bind) and a sender thread that sends
-//! pre-encoded `publish` datagrams as fast as the kernel takes them. It costs far
-//! less per datagram than the bus does to take one in, so the bus is the limit.
+//! Raw telemetry peers, written from `docs/protocol.md` alone, that cost far less
+//! per datagram than the bus does, so that the bus is what the telemetry rows
+//! measure:
+//!
+//! * for `tingest`, adapter sessions (hello, declare, UDP bind) and a sender
+//!   thread that sends pre-encoded `publish` datagrams as fast as the kernel takes
+//!   them;
+//! * for `tflood`, panel sessions (hello, `tsub`, UDP bind) whose datagrams are
+//!   counted, and their loss read from `dseq`, without decoding a value.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -23,17 +30,43 @@ pub(super) const RECORDS_PER_DATAGRAM: usize = 32;
 
 /// An adapter session held open for the run, and its bound UDP socket.
 pub(super) struct RawAdapter {
-    /// Answers the bus's pings until dropped.
-    keepalive: tokio::task::JoinHandle<()>,
+    _session: Session,
     /// Bound to the session's token; `connect`ed to the bus's UDP address.
     pub udp: std::net::UdpSocket,
     /// The session's `publish` datagrams, one value for each of its meters.
     pub datagrams: Vec<Vec<u8>>,
 }
 
-impl Drop for RawAdapter {
+/// A panel session with a telemetry subscription, and its bound UDP socket.
+pub(super) struct RawPanel {
+    _session: Session,
+    udp: UdpSocket,
+}
+
+/// A session's TCP connection, kept open (answering the bus's pings) until
+/// dropped.
+struct Session {
+    keepalive: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
     fn drop(&mut self) {
         self.keepalive.abort();
+    }
+}
+
+impl Session {
+    fn keep(mut io: Link) -> Session {
+        let keepalive = tokio::spawn(async move {
+            while let Some(Ok(b)) = io.next().await {
+                if let Ok(BusMsg::Ping { n }) = decode_bus(&b) {
+                    if send(&mut io, &ClientMsg::Pong { n }).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Session { keepalive }
     }
 }
 
@@ -55,13 +88,23 @@ async fn recv(io: &mut Link) -> Result<BusMsg, String> {
     }
 }
 
-/// Opens an adapter session named `name` declaring `bench/<name>` with `meters`
-/// one-channel meters, binds a UDP socket to its token, and encodes its datagrams.
-pub(super) async fn raw_adapter(
-    addr: &str,
-    name: &str,
-    meters: usize,
-) -> Result<RawAdapter, String> {
+/// Reads until the answer to request 1: `Ok(result)`, or the refusal as an error.
+async fn answer(io: &mut Link, what: &str) -> Result<Value, String> {
+    loop {
+        match recv(io).await? {
+            BusMsg::Ok { id: 1, result } => return Ok(result),
+            BusMsg::Error {
+                id: Some(1),
+                message,
+                ..
+            } => return Err(format!("{what} refused: {message}")),
+            _ => continue,
+        }
+    }
+}
+
+/// Connects and says hello; returns the link, the bus's UDP address and the token.
+async fn hello(addr: &str, name: &str, role: Role) -> Result<(Link, SocketAddr, u64), String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let bus_ip = tcp.peer_addr().map_err(|e| e.to_string())?.ip();
     let mut io = Framed::new(tcp, crate::bus::codec(1 << 20));
@@ -70,20 +113,30 @@ pub(super) async fn raw_adapter(
         &ClientMsg::Hello {
             v: PROTOCOL_VERSION,
             name: name.into(),
-            role: Role::Adapter,
+            role,
             credentials: Value::Nil,
             resume: None,
         },
     )
     .await?;
-    let (token, port) = match recv(&mut io).await? {
+    match recv(&mut io).await? {
         BusMsg::Welcome {
             token: Some(t),
             udp: Some(p),
             ..
-        } => (t, p),
-        other => return Err(format!("expected welcome with a token, got {other:?}")),
-    };
+        } => Ok((io, SocketAddr::new(bus_ip, p), t)),
+        other => Err(format!("expected welcome with a token, got {other:?}")),
+    }
+}
+
+/// Opens an adapter session named `name` declaring `bench/<name>` with `meters`
+/// one-channel meters, binds a UDP socket to its token, and encodes its datagrams.
+pub(super) async fn raw_adapter(
+    addr: &str,
+    name: &str,
+    meters: usize,
+) -> Result<RawAdapter, String> {
+    let (mut io, bus_udp, token) = hello(addr, name, Role::Adapter).await?;
     let device = DeviceDescriptor {
         room: "bench".into(),
         name: format!("{name}{}", std::process::id()),
@@ -115,32 +168,81 @@ pub(super) async fn raw_adapter(
     )
     .await?;
     // The answer maps each meter topic to its alias (protocol.md §7.9).
-    let aliases: Vec<u32> = loop {
-        match recv(&mut io).await? {
-            BusMsg::Ok { id: 1, result } => break aliases_of(&result),
-            BusMsg::Error { id: Some(1), .. } => return Err("declare refused".into()),
-            _ => continue,
-        }
-    };
+    let aliases = aliases_of(&answer(&mut io, "declare").await?);
     if aliases.len() != meters {
         return Err(format!("{} aliases for {meters} meters", aliases.len()));
     }
-    let udp = bind(SocketAddr::new(bus_ip, port), token).await?;
-    let keepalive = tokio::spawn(async move {
-        // Aborted when the adapter is dropped.
-        while let Some(Ok(b)) = io.next().await {
-            if let Ok(BusMsg::Ping { n }) = decode_bus(&b) {
-                if send(&mut io, &ClientMsg::Pong { n }).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    // The sender thread blocks on its sockets.
+    let udp = bind(bus_udp, token)
+        .await?
+        .into_std()
+        .map_err(|e| e.to_string())?;
+    udp.set_nonblocking(false).map_err(|e| e.to_string())?;
     Ok(RawAdapter {
-        keepalive,
+        _session: Session::keep(io),
         udp,
         datagrams: publish_datagrams(token, &aliases),
     })
+}
+
+/// Opens a panel session named `name`, binds a UDP socket to its token and
+/// subscribes to the telemetry of `filter` at `hz`.
+pub(super) async fn raw_panel(
+    addr: &str,
+    name: &str,
+    filter: &str,
+    hz: f64,
+) -> Result<RawPanel, String> {
+    let (mut io, bus_udp, token) = hello(addr, name, Role::Panel).await?;
+    let udp = bind(bus_udp, token).await?;
+    send(
+        &mut io,
+        &ClientMsg::Tsub {
+            id: 1,
+            filter: filter.into(),
+            hz,
+        },
+    )
+    .await?;
+    answer(&mut io, "tsub").await?;
+    Ok(RawPanel {
+        _session: Session::keep(io),
+        udp,
+    })
+}
+
+/// Reads `panel`'s datagrams until `stop` resolves: counts each in `datagrams`, and
+/// each gap in the bus's `dseq` in `lost`. Nothing is decoded.
+pub(super) async fn count(
+    panel: RawPanel,
+    datagrams: Arc<AtomicU64>,
+    lost: Arc<AtomicU64>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut buf = [0u8; MAX_DATAGRAM + 1];
+    let mut next: Option<u32> = None;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            r = panel.udp.recv(&mut buf) => {
+                let Ok(n) = r else { return };
+                if n < 8 || buf[3] != Kind::Data as u8 {
+                    continue;
+                }
+                let dseq = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+                if let Some(want) = next {
+                    let gap = dseq.wrapping_sub(want);
+                    // A datagram older than the last one (reordered) is no gap.
+                    if gap < u32::MAX / 2 {
+                        lost.fetch_add(u64::from(gap), Ordering::Relaxed);
+                    }
+                }
+                next = Some(dseq.wrapping_add(1));
+                datagrams.fetch_add(1, Ordering::Relaxed);
+            }
+            _ = &mut stop => return,
+        }
+    }
 }
 
 fn aliases_of(result: &Value) -> Vec<u32> {
@@ -159,9 +261,8 @@ fn aliases_of(result: &Value) -> Vec<u32> {
     pairs.into_iter().map(|(_, a)| a).collect()
 }
 
-/// Binds a fresh UDP socket to `token` (resending `bind` until `bound`), then hands
-/// it over as a blocking std socket for the sender thread.
-async fn bind(bus: SocketAddr, token: u64) -> Result<std::net::UdpSocket, String> {
+/// Binds a fresh UDP socket to `token` (resending `bind` until `bound`).
+async fn bind(bus: SocketAddr, token: u64) -> Result<UdpSocket, String> {
     let udp = UdpSocket::bind(SocketAddr::new(bus.ip(), 0))
         .await
         .map_err(|e| e.to_string())?;
@@ -182,9 +283,7 @@ async fn bind(bus: SocketAddr, token: u64) -> Result<std::net::UdpSocket, String
             }
         }
     }
-    let std = udp.into_std().map_err(|e| e.to_string())?;
-    std.set_nonblocking(false).map_err(|e| e.to_string())?;
-    Ok(std)
+    Ok(udp)
 }
 
 /// `publish` datagrams carrying one value of each alias, [`RECORDS_PER_DATAGRAM`]

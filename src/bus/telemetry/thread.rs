@@ -15,10 +15,10 @@ use tokio_util::task::TaskTracker;
 
 use super::{Hub, HubMsg, Ingest};
 
-/// The hub thread's nice value (0 is the bus's own; 19 the lowest priority). At
-/// 10, when the hub and a control thread both want one core, the kernel gives
-/// the hub about a tenth of it and runs a woken control thread first; a hub with
-/// the core to itself runs at full speed.
+/// How much lower than the bus's the hub thread's priority is, in nice steps (up
+/// to the lowest, 19). At 10 below, when the hub and a control thread both want
+/// one core, the kernel gives the hub about a tenth of it; a hub with a core to
+/// itself runs at full speed.
 pub(super) const HUB_NICE: i32 = 10;
 
 /// The hub's runtime, made on the calling thread so that the UDP socket can be
@@ -57,18 +57,29 @@ pub(super) fn spawn(
     Ok(())
 }
 
-/// Lowers the calling thread's CPU priority. On Linux the nice value belongs to
-/// the thread (`who` 0 is the caller), so the rest of the bus keeps its own.
-/// Elsewhere (where it would apply to the whole process), nothing is changed.
-fn lower_priority(nice: i32) {
+/// Lowers the calling thread's CPU priority by `steps` from where it is. On Linux
+/// the nice value belongs to the thread (`who` 0 is the caller), so the rest of
+/// the bus keeps its own. Elsewhere (where it would apply to the whole process),
+/// nothing is changed.
+fn lower_priority(steps: i32) {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: setpriority only changes the scheduler's view of this thread.
-        let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+        // SAFETY: getpriority and setpriority only read and change the scheduler's
+        // view of this thread; errno is this thread's own.
+        let r = unsafe {
+            *libc::__errno_location() = 0;
+            let now = libc::getpriority(libc::PRIO_PROCESS, 0);
+            let now = if now == -1 && *libc::__errno_location() != 0 {
+                0
+            } else {
+                now
+            };
+            libc::setpriority(libc::PRIO_PROCESS, 0, (now + steps).min(19))
+        };
         if r != 0 {
             tracing::debug!(error = %std::io::Error::last_os_error(), "telemetry hub priority unchanged");
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = nice;
+    let _ = steps;
 }
