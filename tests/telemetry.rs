@@ -401,3 +401,175 @@ async fn re_declaring_ever_new_meters_is_bounded() {
     a.get("hall/mix/m49").await.unwrap();
     assert_eq!(b.hub().stats.streams.load(Ordering::Relaxed), 50);
 }
+
+/// A device with `n` meters of `channels` channels each (`big/m00`…).
+fn big_console(n: usize, channels: u32) -> DeviceDescriptor {
+    DeviceDescriptor {
+        room: "hall".into(),
+        name: "big".into(),
+        label: "Big console".into(),
+        class: "console".into(),
+        driver: "test".into(),
+        controls: (0..n)
+            .map(|i| {
+                ControlSpec::new(
+                    &format!("m{i:02}"),
+                    ControlKind::Meter {
+                        min: 0.0,
+                        max: 1.0,
+                        unit: String::new(),
+                        channels,
+                        rate_hz: 10.0,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn one_flush_larger_than_a_send_batch_arrives_whole() {
+    // 20 streams of 1000 channels: 4 records each (3 of them fill a datagram), so
+    // the batch a new subscriber gets at once is 70 datagrams, over one `sendmmsg`
+    // (64) yet within a default socket receive buffer; and the adapter's values
+    // arrive as more datagrams than one `recvmmsg` takes (32).
+    const STREAMS: usize = 20;
+    const CHANNELS: u32 = 1000;
+    let b = bus(config()).await;
+    let stats = b.hub().stats;
+    let a = client(&b, "big-adapter", Role::Adapter).await;
+    a.declare(big_console(STREAMS, CHANNELS), true)
+        .await
+        .unwrap();
+    let value = |s: usize| {
+        Value::Array(
+            (0..CHANNELS)
+                .map(|c| Value::F32((s * 10_000 + c as usize) as f32))
+                .collect(),
+        )
+    };
+    a.publish_telemetry(
+        (0..STREAMS)
+            .map(|s| (format!("hall/big/m{s:02}"), value(s)))
+            .collect(),
+    );
+    // The adapter's datagrams are handled in order: once the last stream reads
+    // back whole, every one is in.
+    let panel = client(&b, "panel", Role::Panel).await;
+    let last = format!("hall/big/m{:02}", STREAMS - 1);
+    within("every value taken in", async {
+        loop {
+            if let Ok(Some(u)) = panel.get(&last).await {
+                if u.value == value(STREAMS - 1) {
+                    return;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let out0 = stats.datagrams_out.load(Ordering::Relaxed);
+    // A new subscription gets every stream's value in one flush.
+    let mut sub = panel.telemetry("hall/big/+", 10.0).await.unwrap();
+    let mut parts = std::collections::HashMap::new();
+    within("every part of every stream", async {
+        while parts.len() < STREAMS * 4 {
+            let v = sub.recv().await.expect("subscription open");
+            parts.insert((v.topic.to_string(), v.offset), v);
+        }
+    })
+    .await;
+    for s in 0..STREAMS {
+        let Value::Array(want) = value(s) else {
+            unreachable!()
+        };
+        for (k, offset) in [0u16, 290, 580, 870].into_iter().enumerate() {
+            // A part's value holds its channels at their places in the stream.
+            let got = &parts[&(format!("hall/big/m{s:02}"), offset)];
+            let Value::Array(got) = &got.value else {
+                panic!("stream {s} part {k}: not an array")
+            };
+            let range = usize::from(offset)..(usize::from(offset) + 290).min(CHANNELS as usize);
+            assert!(
+                got.get(range.clone()) == Some(&want[range]),
+                "stream {s} part {k}: wrong values"
+            );
+        }
+    }
+    let sent = stats.datagrams_out.load(Ordering::Relaxed) - out0;
+    assert!(sent > 64, "the flush made only {sent} datagrams");
+    assert_eq!(stats.send_dropped.load(Ordering::Relaxed), 0);
+    assert_eq!(sub.stats().datagrams_lost, 0);
+    assert!(stats.datagrams_in.load(Ordering::Relaxed) > 32);
+}
+
+#[tokio::test]
+async fn a_burst_of_datagrams_with_bad_ones_among_them_is_taken_in_whole() {
+    // A raw adapter session: its token signs the datagrams below.
+    let b = bus(config()).await;
+    let stats = b.hub().stats;
+    let mut raw = Raw::connect(b.tcp).await;
+    raw.send(&ClientMsg::Hello {
+        v: avbus::protocol::PROTOCOL_VERSION,
+        name: "raw-mixer".into(),
+        role: Role::Adapter,
+        credentials: Value::Nil,
+        resume: None,
+    })
+    .await;
+    let Some(BusMsg::Welcome {
+        token: Some(token), ..
+    }) = raw.recv().await
+    else {
+        panic!("no welcome")
+    };
+    raw.send(&ClientMsg::Declare {
+        id: 1,
+        device: mixer(),
+        online: true,
+    })
+    .await;
+    let BusMsg::Ok { result, .. } = raw
+        .recv_until(|m| matches!(m, BusMsg::Ok { id: 1, .. }))
+        .await
+    else {
+        unreachable!()
+    };
+    let alias = result
+        .as_map()
+        .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("streams")))
+        .and_then(|(_, s)| s.as_map())
+        .and_then(|s| s.iter().find(|(k, _)| k.as_str() == Some("level")))
+        .and_then(|(_, a)| a.as_u64())
+        .expect("the level meter's alias") as u32;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    bind(&sock, b.udp, token).await;
+
+    // 200 values back to back (several `recvmmsg` batches' worth), every 40th
+    // datagram followed by garbage: the batch goes on past each bad one.
+    const N: u32 = 200;
+    let mut scratch = BytesMut::new();
+    for i in 1..=N {
+        let mut d = BytesMut::new();
+        put_header(&mut d, Kind::Publish, i, Some(token));
+        for r in avbus::telemetry::encode_value(&mut scratch, alias, i, 0, 0, &Value::F32(i as f32))
+            .unwrap()
+        {
+            d.extend_from_slice(&r);
+        }
+        sock.send_to(&d, b.udp).await.unwrap();
+        if i % 40 == 0 {
+            sock.send_to(b"not telemetry", b.udp).await.unwrap();
+        }
+    }
+    // Handled in order: the bind's confirmation comes after every one of them.
+    bind(&sock, b.udp, token).await;
+    assert_eq!(stats.values_in.load(Ordering::Relaxed), u64::from(N));
+    assert_eq!(
+        stats.drop_bad_magic.load(Ordering::Relaxed),
+        u64::from(N / 40)
+    );
+    let panel = client(&b, "panel", Role::Panel).await;
+    let got = panel.get("hall/mix/level").await.unwrap().unwrap();
+    assert_eq!(got.value, Value::F32(N as f32));
+}

@@ -9,9 +9,13 @@
 //! ```
 //!
 //! Telemetry never shares a queue with control: the router never waits on the hub
-//! (it uses `try_send`), the hub never waits on anything (sends are `try_send_to`:
-//! a full socket buffer drops the datagram and counts it), and a subscriber gets the
-//! newest value of each dirty stream when its [`RateGate`] opens — never a backlog.
+//! (it uses `try_send`), the hub never waits on anything (datagrams go out in
+//! non-blocking `sendmmsg` batches: a full socket buffer drops them and counts
+//! them), and a subscriber gets the newest value of each dirty stream when its
+//! [`RateGate`] opens — never a backlog.
+//!
+//! `ingest.rs` takes datagrams and values in, `fanout.rs` sends the batches, `io.rs`
+//! does the batched socket calls.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -19,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -31,15 +35,16 @@ use crate::auth::Grant;
 use crate::config::Config;
 use crate::model::Quality;
 use crate::protocol::{frame, BusMsg, ErrorCode, SessionId, StreamDesc};
-use crate::telemetry::{
-    decode_header, decode_value, encode_value, put_header, records, DatagramError, Format, Kind,
-    RateGate, Record, CHUNK_VALUES, FLAG_STALE, MAX_DATAGRAM, RECORD_HEADER,
-};
+use crate::telemetry::{decode_value, records, RateGate, Record, MAX_DATAGRAM};
 use crate::topic::Filter;
 use crate::value::Value;
 
+mod fanout;
+mod ingest;
+mod io;
 mod slot;
 mod stats;
+mod thread;
 
 pub use slot::{TelemetrySlot, SLOT_DATAGRAMS};
 pub use stats::Stats;
@@ -52,7 +57,8 @@ pub const HUB_QUEUE: usize = 4096;
 pub const INGEST_QUEUE: usize = 1024;
 /// Telemetry subscriptions one connection may hold.
 pub const MAX_TSUBS: usize = 256;
-/// Datagrams read per wake-up before other work gets a turn.
+/// Datagrams read per wake-up before other work gets a turn (in `recvmmsg` calls
+/// of [`io::RECV_BATCH`]).
 const RECV_BURST: usize = 256;
 
 /// One telemetry stream (a `meter` control), as the router registers it.
@@ -151,11 +157,26 @@ struct Stream {
     /// Sequence of values encoded by the hub itself (in-process and TCP sources).
     seq: u32,
     time_us: u64,
-    /// The newest value: one record per chunk, encoded once, shared by every batch.
-    records: Vec<Bytes>,
+    /// The newest value: one record per chunk (empty: no value), encoded once and
+    /// copied into every subscriber's datagram; each buffer is overwritten in place
+    /// by the next value.
+    records: Vec<BytesMut>,
     last_in: Option<Instant>,
     stale: bool,
-    subs: Vec<u64>,
+    subs: Vec<StreamSub>,
+}
+
+impl Stream {
+    fn has_value(&self) -> bool {
+        self.records.iter().any(|r| !r.is_empty())
+    }
+}
+
+/// A subscription to a stream, with the batch of that subscription the stream was
+/// last marked dirty for (so it is listed once per batch without a search).
+struct StreamSub {
+    key: u64,
+    marked: u64,
 }
 
 struct Sink {
@@ -169,23 +190,20 @@ struct Sink {
     subs: Vec<u64>,
 }
 
-/// Where a subscriber's datagrams go.
-#[derive(Clone, Copy)]
-enum Dest<'a> {
-    Udp(SocketAddr),
-    Slot(&'a TelemetrySlot),
-}
-
 struct TSub {
     conn: ConnId,
     id: u64,
     filter: Filter,
     gate: RateGate,
+    /// Streams changed since the last batch (each once: see [`StreamSub`]).
     dirty: Vec<u32>,
+    /// The batch being gathered; a stream marked with an older one is not listed.
+    batch: u64,
     queued: bool,
 }
 
-/// Binds the UDP socket (buffer sizes from the config) and starts the hub.
+/// Binds the UDP socket (buffer sizes from the config) and starts the hub on a
+/// thread of its own (`thread.rs`).
 ///
 /// # Errors
 /// The bind error, naming the address.
@@ -217,7 +235,12 @@ pub fn start(
         sock.send_buffer_size().unwrap_or(0) as u64,
         Ordering::Relaxed,
     );
-    let socket = UdpSocket::from_std(sock.into())?;
+    // The socket belongs to the hub's own runtime (`thread.rs`).
+    let rt = thread::runtime()?;
+    let socket = {
+        let _in_rt = rt.enter();
+        UdpSocket::from_std(sock.into())?
+    };
     let udp = socket.local_addr()?;
     let (ctl_tx, ctl_rx) = mpsc::channel(HUB_QUEUE);
     let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE);
@@ -236,8 +259,9 @@ pub fn start(
         dirty_subs: Vec::new(),
         out: BytesMut::with_capacity(MAX_DATAGRAM),
         scratch: BytesMut::with_capacity(MAX_DATAGRAM),
+        tx: io::SendBatch::new(),
     };
-    tracker.spawn(hub.run(ctl_rx, ingest_rx, cancel));
+    thread::spawn(rt, hub, ctl_rx, ingest_rx, cancel, tracker)?;
     Ok(HubHandle {
         ctl: ctl_tx,
         ingest: ingest_tx,
@@ -264,6 +288,8 @@ struct Hub {
     /// The datagram being assembled (reused).
     out: BytesMut,
     scratch: BytesMut,
+    /// UDP datagrams of a flush, waiting for `sendmmsg` (reused).
+    tx: io::SendBatch,
 }
 
 impl Hub {
@@ -273,7 +299,7 @@ impl Hub {
         mut ingest: mpsc::Receiver<Ingest>,
         cancel: CancellationToken,
     ) {
-        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut rx = io::RecvBatch::new();
         let check = (self.stale_after / 4).max(Duration::from_millis(20));
         let mut stale_tick = tokio::time::interval(check);
         stale_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -289,7 +315,7 @@ impl Hub {
                 },
                 r = self.socket.readable() => {
                     if r.is_ok() {
-                        self.read_burst(&mut buf);
+                        self.read_burst(&mut rx);
                     }
                 }
                 Some(batch) = ingest.recv() => self.ingest_local(batch),
@@ -383,7 +409,7 @@ impl Hub {
                     let value = decode_value(&recs).unwrap_or(Value::Nil);
                     let quality = if !online {
                         Quality::Offline
-                    } else if s.stale || s.records.is_empty() {
+                    } else if s.stale || !s.has_value() {
                         Quality::Stale
                     } else {
                         Quality::Ok
@@ -418,7 +444,7 @@ impl Hub {
                     s.owner = owner;
                     if s.channels != info.channels {
                         s.channels = info.channels;
-                        s.records.clear();
+                        s.records.iter_mut().for_each(|r| r.clear());
                     }
                     true
                 }
@@ -471,7 +497,7 @@ impl Hub {
                     }));
                 }
                 if let Some(s) = self.streams.get_mut(&alias) {
-                    s.subs.push(key);
+                    s.subs.push(StreamSub { key, marked: 0 });
                 }
             }
         }
@@ -525,15 +551,20 @@ impl Hub {
         self.next_sub += 1;
         let mut matched = Vec::new();
         let mut dirty = Vec::new();
+        // The subscription's first batch is 1; a stream with a value is in it.
         for (alias, s) in &mut self.streams {
             if filter.matches(&s.topic) && grant.telemetry.allows(&s.topic) {
-                s.subs.push(key);
+                let has_value = s.has_value();
+                s.subs.push(StreamSub {
+                    key,
+                    marked: u64::from(has_value),
+                });
                 matched.push(StreamDesc {
                     alias: *alias,
                     topic: s.topic.to_string(),
                     channels: s.channels,
                 });
-                if !s.records.is_empty() {
+                if has_value {
                     dirty.push(*alias);
                 }
             }
@@ -548,6 +579,7 @@ impl Hub {
                 filter,
                 gate: RateGate::new(hz.min(self.max_hz)),
                 dirty,
+                batch: 1,
                 queued,
             },
         );
@@ -573,269 +605,12 @@ impl Hub {
     fn remove_sub(&mut self, key: u64) {
         if self.subs.remove(&key).is_some() {
             for s in self.streams.values_mut() {
-                s.subs.retain(|k| *k != key);
+                s.subs.retain(|e| e.key != key);
             }
         }
         self.stats
             .subscriptions
             .store(self.subs.len() as u64, Ordering::Relaxed);
-    }
-
-    fn read_burst(&mut self, buf: &mut [u8]) {
-        for _ in 0..RECV_BURST {
-            match self.socket.try_recv_from(buf) {
-                Ok((n, from)) => {
-                    self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-                    self.datagram(&buf[..n], from);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                // ICMP errors from earlier sends surface here on some systems.
-                Err(_) => continue,
-            }
-        }
-    }
-
-    fn datagram(&mut self, d: &[u8], from: SocketAddr) {
-        let (header, body) = match decode_header(d) {
-            Ok(x) => x,
-            Err(e) => return self.stats.count_error(e),
-        };
-        if !header.kind.to_bus() {
-            return self.stats.count_error(DatagramError::BadType);
-        }
-        let token = header.token.unwrap_or(0);
-        let Some(conn) = self.by_token.get(&token).copied() else {
-            self.stats
-                .drop_unknown_token
-                .fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let Some(sink) = self.sinks.get_mut(&conn) else {
-            return;
-        };
-        if sink.peer.is_some_and(|ip| !same_ip(ip, from.ip())) {
-            self.stats.drop_wrong_source.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        match header.kind {
-            Kind::Bind => {
-                let rebound = sink.udp != Some(from);
-                sink.udp = Some(from);
-                self.out.clear();
-                put_header(&mut self.out, Kind::Bound, 0, None);
-                let _ = self.socket.try_send_to(&self.out, from);
-                if rebound {
-                    // Values that waited for the bind go out now.
-                    for key in sink.subs.clone() {
-                        if let Some(s) = self.subs.get_mut(&key) {
-                            if !s.dirty.is_empty() && !s.queued {
-                                s.queued = true;
-                                self.dirty_subs.push(key);
-                            }
-                        }
-                    }
-                }
-            }
-            Kind::Publish => {
-                if sink.udp != Some(from) {
-                    self.stats.drop_wrong_source.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                let session = sink.session;
-                self.publish_records(session, body);
-            }
-            Kind::Data | Kind::Bound => {}
-        }
-    }
-
-    fn publish_records(&mut self, session: SessionId, body: &[u8]) {
-        let now = Instant::now();
-        for r in records(body) {
-            let r = match r {
-                Ok(r) => r,
-                Err(e) => return self.stats.count_error(e),
-            };
-            let Some(s) = self.streams.get_mut(&r.alias) else {
-                self.stats
-                    .drop_unknown_alias
-                    .fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            if s.owner != session {
-                self.stats.drop_not_owner.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let chunk = match r.format {
-                Format::F32
-                    if u32::from(r.total) == s.channels
-                        && usize::from(r.offset) % CHUNK_VALUES == 0 =>
-                {
-                    usize::from(r.offset) / CHUNK_VALUES
-                }
-                Format::MsgPack if r.payload.len() + RECORD_HEADER <= MAX_DATAGRAM => 0,
-                _ => {
-                    self.stats.drop_bad_record.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-            };
-            // The bus owns the flags: a fresh value is never stale.
-            let mut rec = BytesMut::with_capacity(r.wire_len());
-            crate::telemetry::put_record(&mut rec, &Record { flags: 0, ..r });
-            let chunks = if r.format == Format::F32 {
-                (s.channels as usize).div_ceil(CHUNK_VALUES)
-            } else {
-                1
-            };
-            if s.records.len() != chunks || s.stale {
-                s.records.clear();
-                s.records.resize(chunks, Bytes::new());
-            }
-            s.records[chunk] = rec.freeze();
-            s.time_us = r.time_us;
-            s.last_in = Some(now);
-            s.stale = false;
-            self.stats.values_in.fetch_add(1, Ordering::Relaxed);
-            mark_dirty(&mut self.subs, &mut self.dirty_subs, s, r.alias);
-        }
-    }
-
-    fn ingest_local(&mut self, batch: Ingest) {
-        let now = Instant::now();
-        let time_us = crate::telemetry::now_us();
-        for (alias, value) in batch.values {
-            let Some(s) = self.streams.get_mut(&alias) else {
-                self.stats
-                    .drop_unknown_alias
-                    .fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            if s.owner != batch.session {
-                self.stats.drop_not_owner.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            s.seq = s.seq.wrapping_add(1);
-            match encode_value(&mut self.scratch, alias, s.seq, time_us, 0, &value) {
-                Ok(recs) => s.records = recs,
-                Err(e) => {
-                    tracing::debug!(topic = %s.topic, error = %e, "telemetry value refused");
-                    self.stats.drop_bad_record.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-            }
-            s.time_us = time_us;
-            s.last_in = Some(now);
-            s.stale = false;
-            self.stats.values_in.fetch_add(1, Ordering::Relaxed);
-            mark_dirty(&mut self.subs, &mut self.dirty_subs, s, alias);
-        }
-    }
-
-    /// Streams whose source went silent get the stale flag, sent once to their
-    /// subscribers.
-    fn check_stale(&mut self) {
-        let now = Instant::now();
-        for (alias, s) in &mut self.streams {
-            let silent = s.last_in.is_none_or(|t| now - t >= self.stale_after);
-            if s.stale || !silent || s.records.is_empty() {
-                continue;
-            }
-            s.stale = true;
-            for rec in &mut s.records {
-                if rec.len() >= RECORD_HEADER {
-                    let mut b = BytesMut::from(&rec[..]);
-                    b[17] |= FLAG_STALE;
-                    *rec = b.freeze();
-                }
-            }
-            mark_dirty(&mut self.subs, &mut self.dirty_subs, s, *alias);
-        }
-    }
-
-    /// Sends every subscription whose gate is open its dirty streams; returns when
-    /// the next gate opens.
-    fn flush(&mut self, now: Instant) -> Option<Instant> {
-        let mut wake: Option<Instant> = None;
-        let mut i = 0;
-        while i < self.dirty_subs.len() {
-            let key = self.dirty_subs[i];
-            let Some(sub) = self.subs.get_mut(&key) else {
-                self.dirty_subs.swap_remove(i);
-                continue;
-            };
-            let Some(sink) = self.sinks.get_mut(&sub.conn) else {
-                self.dirty_subs.swap_remove(i);
-                continue;
-            };
-            let to = match (&sink.slot, sink.udp) {
-                (Some(slot), _) => Dest::Slot(slot),
-                (None, Some(addr)) => Dest::Udp(addr),
-                (None, None) => {
-                    // Not bound yet: the values wait (newest only) for the bind.
-                    sub.queued = false;
-                    self.dirty_subs.swap_remove(i);
-                    continue;
-                }
-            };
-            if !sub.gate.try_pass(now.into_std()) {
-                if let Some(due) = sub.gate.next_due().map(Instant::from_std) {
-                    wake = Some(wake.map_or(due, |w: Instant| w.min(due)));
-                }
-                i += 1;
-                continue;
-            }
-            // Assemble datagrams of whole records, newest values only.
-            self.out.clear();
-            put_header(&mut self.out, Kind::Data, sink.dseq, None);
-            for alias in sub.dirty.drain(..) {
-                let Some(s) = self.streams.get(&alias) else {
-                    continue;
-                };
-                for rec in s.records.iter().filter(|r| !r.is_empty()) {
-                    if self.out.len() + rec.len() > MAX_DATAGRAM {
-                        send(&self.socket, &self.stats, &self.out, to);
-                        sink.dseq = sink.dseq.wrapping_add(1);
-                        self.out.clear();
-                        put_header(&mut self.out, Kind::Data, sink.dseq, None);
-                    }
-                    self.out.extend_from_slice(rec);
-                }
-            }
-            if self.out.len() > crate::telemetry::HEADER {
-                send(&self.socket, &self.stats, &self.out, to);
-                sink.dseq = sink.dseq.wrapping_add(1);
-            }
-            sub.queued = false;
-            self.dirty_subs.swap_remove(i);
-        }
-        wake
-    }
-}
-
-fn send(socket: &UdpSocket, stats: &Stats, d: &[u8], to: Dest<'_>) {
-    match to {
-        Dest::Udp(addr) => match socket.try_send_to(d, addr) {
-            Ok(_) => stats.datagrams_out.fetch_add(1, Ordering::Relaxed),
-            // A full socket buffer: the datagram is dropped, never queued.
-            Err(_) => stats.send_dropped.fetch_add(1, Ordering::Relaxed),
-        },
-        Dest::Slot(slot) => {
-            slot.push(Bytes::copy_from_slice(d));
-            stats.datagrams_out.fetch_add(1, Ordering::Relaxed)
-        }
-    };
-}
-
-fn mark_dirty(subs: &mut HashMap<u64, TSub>, dirty_subs: &mut Vec<u64>, s: &Stream, alias: u32) {
-    for key in &s.subs {
-        if let Some(sub) = subs.get_mut(key) {
-            if !sub.dirty.contains(&alias) {
-                sub.dirty.push(alias);
-            }
-            if !sub.queued {
-                sub.queued = true;
-                dirty_subs.push(*key);
-            }
-        }
     }
 }
 
