@@ -103,7 +103,7 @@ fn reflexive<T: PartialEq>(t: &T) -> bool {
 /// What the bus's connection reader decodes from a byte stream: frame bodies, and
 /// whether the stream ended in an error (`frame_too_large`).
 fn read_frames(chunks: &[&[u8]]) -> (Vec<Bytes>, bool) {
-    let mut codec = crate::bus::codec(DEFAULT_MAX_FRAME);
+    let mut codec = crate::bus::connection::frame_decoder(DEFAULT_MAX_FRAME);
     // As `FramedRead` starts it.
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let (mut frames, mut fed) = (Vec::new(), 0);
