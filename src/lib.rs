@@ -26,6 +26,7 @@ pub mod client;
 pub mod config;
 #[path = "../devices/mod.rs"]
 pub mod devices;
+pub mod fuzzing;
 pub mod gateway;
 pub mod model;
 pub mod protocol;

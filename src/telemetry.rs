@@ -216,7 +216,10 @@ fn decode_record(b: &[u8]) -> Result<(Record<'_>, &[u8]), DatagramError> {
     if len > rest.len() {
         return Err(DatagramError::BadRecord);
     }
-    if format == Format::F32 && (len % 4 != 0 || usize::from(offset) + len / 4 > usize::from(total))
+    // At least one value, so `offset < total`: the bus files a part under chunk
+    // `offset / CHUNK_VALUES`, which must be one of the stream's chunks.
+    if format == Format::F32
+        && (len == 0 || len % 4 != 0 || usize::from(offset) + len / 4 > usize::from(total))
     {
         return Err(DatagramError::BadRecord);
     }

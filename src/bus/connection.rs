@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, FramedRead, LengthDelimitedCodec};
 
 use super::guard::{bump, AddressSlots, GuardStats, Rate, RateLimit};
 use super::outbox::{DirectWrite, Drain, Item, Outbox, OutboxLimits};
@@ -26,7 +26,7 @@ use super::telemetry::{HubHandle, HubMsg, TelemetrySlot};
 use crate::auth::{AuthRefusal, Authenticator, Backoff, Grant};
 use crate::config::Config;
 use crate::protocol::{
-    decode_client, frame, BusMsg, ClientMsg, ErrorCode, SessionId, PROTOCOL_VERSION,
+    decode_client, frame, BusMsg, ClientMsg, ErrorCode, SessionId, LEN_PREFIX, PROTOCOL_VERSION,
 };
 use crate::tls::ServerTls;
 use crate::value::Value;
@@ -64,6 +64,40 @@ pub fn codec(max_frame: usize) -> LengthDelimitedCodec {
         .length_field_length(4)
         .max_frame_length(max_frame)
         .new_codec()
+}
+
+/// The bus's reader of what a client sends: [`codec`]'s framing, with the read buffer
+/// growing only with the bytes that arrive. `LengthDelimitedCodec` reserves a frame's
+/// announced length as soon as its 4-byte prefix is in, so prefixes alone would make
+/// the bus hold `max_frame_bytes` (1 MiB) per connection, before any `hello`.
+pub struct FrameDecoder {
+    codec: LengthDelimitedCodec,
+    max_frame: usize,
+}
+
+/// A [`FrameDecoder`] for frames of at most `max_frame` bytes.
+pub fn frame_decoder(max_frame: usize) -> FrameDecoder {
+    FrameDecoder {
+        codec: codec(max_frame),
+        max_frame,
+    }
+}
+
+impl Decoder for FrameDecoder {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> std::io::Result<Option<BytesMut>> {
+        // The codec sees whole frames only (or a length over the limit, which it
+        // refuses), so it never reserves room for bytes still to come.
+        if let Some(head) = src.first_chunk::<LEN_PREFIX>() {
+            let len = u32::from_be_bytes(*head) as usize;
+            if len <= self.max_frame && src.len() - LEN_PREFIX < len {
+                return Ok(None);
+            }
+        }
+        self.codec.decode(src)
+    }
 }
 
 fn error_frame(code: ErrorCode, message: String) -> Bytes {
@@ -208,9 +242,9 @@ async fn serve<R, W>(
 {
     let cfg = ctx.cfg.clone();
     let max = cfg.limits.max_frame_bytes;
-    // Small at first (an idle panel sends only hello and pongs); the codec reserves
-    // room for each longer frame as its header arrives.
-    let mut reader = FramedRead::with_capacity(rd, codec(max), READ_START);
+    // Small at first (an idle panel sends only hello and pongs); it grows with the
+    // bytes that arrive.
+    let mut reader = FramedRead::with_capacity(rd, frame_decoder(max), READ_START);
     let label = peer.label();
     let ip = peer.ip();
 
@@ -324,7 +358,7 @@ async fn serve<R, W>(
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(
-    reader: &mut FramedRead<R, LengthDelimitedCodec>,
+    reader: &mut FramedRead<R, FrameDecoder>,
     outbox: &Outbox,
     ctx: &ConnCtx,
     (session, conn): (SessionId, ConnId),
