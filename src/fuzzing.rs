@@ -311,7 +311,7 @@ fn record(r: &Record<'_>) {
         Format::F32 => {
             let n = r.payload.len() / 4;
             assert!(
-                r.payload.len() % 4 == 0 && n > 0,
+                r.payload.len().is_multiple_of(4) && n > 0,
                 "an f32 record of no values"
             );
             assert!(usize::from(r.offset) + n <= usize::from(r.total));
