@@ -11,9 +11,11 @@
 //!   values delivered, datagrams lost, the rate each panel saw, the bus's CPU.
 //! * `tflood`: command round trips with and without a telemetry flood, alternated
 //!   in the same run against the same bus (telemetry must not delay control). The
-//!   flood's publisher and receivers run on a thread of their own at the lowest
-//!   CPU priority, so that where they share a core with the command client the
-//!   kernel runs the client first: the difference measured is the bus's.
+//!   flood runs apart from the command client: its source (a raw adapter sending
+//!   pre-encoded datagrams) on a thread and runtime of its own, its receivers (raw
+//!   panels that count datagrams, decoding nothing) on another at the lowest CPU
+//!   priority. The flood costs the bench little and the command client comes
+//!   first, so the difference measured is the bus's.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -320,9 +322,10 @@ const FLOOD_STREAMS: usize = 64;
 const FLOOD_SOURCE_HZ: f64 = 1000.0;
 /// Rate each flood panel asks for (the bus's default `max_hz`).
 const FLOOD_PANEL_HZ: f64 = 200.0;
-/// Nice value of the flood's receiving panels: the lowest priority, so the kernel
-/// runs the command client first wherever both want the same core. (The flood's
-/// publisher keeps the normal priority: the flood must reach the bus in full.)
+/// Nice value of the flood's receiving panels: the lowest priority, so that where
+/// they compete with the command client for a core the client gets the larger
+/// share. (The flood's source keeps the normal priority: the flood must reach the
+/// bus in full.)
 const FLOOD_NICE: i32 = 19;
 /// Alternations of the no-flood and flood phases in one `tflood` run.
 const FLOOD_ROUNDS: usize = 3;
@@ -330,7 +333,7 @@ const FLOOD_ROUNDS: usize = 3;
 const FLOOD_SETUP: Duration = Duration::from_secs(30);
 
 /// The flood of `tflood`, on two threads with runtimes of their own, apart from
-/// the command client: an adapter publishing [`FLOOD_STREAMS`] meters at
+/// the command client: a raw adapter publishing [`FLOOD_STREAMS`] meters at
 /// [`FLOOD_SOURCE_HZ`], and [`FLOOD_PANELS`] panels receiving them at
 /// [`FLOOD_PANEL_HZ`] at nice [`FLOOD_NICE`]. Switched on and off between
 /// phases; stopped when dropped.

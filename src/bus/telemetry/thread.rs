@@ -5,9 +5,9 @@
 //! thread either. tokio does not preempt a task, so a hub sharing the bus's worker
 //! threads held any control task queued behind it for as long as one hub turn took
 //! (a read burst, a flush to every subscriber). On its own thread it runs beside
-//! control on another core, and where both want the same core the kernel runs the
-//! control thread first: a lower priority (nice value [`HUB_NICE`]) gives the
-//! woken control thread the earlier deadline, so it preempts the hub at once.
+//! control on another core, and where both want the same core the kernel shares
+//! it by priority: [`HUB_NICE`] steps below the bus, the hub gets the smaller part
+//! (`docs/performance.md`, `tflood`, has the measurements).
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
