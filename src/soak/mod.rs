@@ -8,10 +8,12 @@
 //! real [`crate::client::Client`], [`panel`]) then connect, subscribe, command,
 //! publish, read meters and drop at random for the run's length, while the bus is
 //! sampled ([`observe`]): RSS, open descriptors, `$sys` counters and queue depths.
-//! When the load stops, [`check`] compares every connected panel's view with a
-//! fresh snapshot, every acknowledged retained publish with the bus, and makes every
-//! device take one more command; then every panel closes and the bus must come back
-//! to its baseline of connections, sessions and descriptors.
+//! Switchers lose their network now and then ([`faults`]); the bus keeps its
+//! retained-state journal (`[persist]`). When the load stops, [`check`] compares
+//! every connected panel's view with a fresh snapshot, every acknowledged retained
+//! publish with the bus and its journal, and makes every device take one more
+//! command; then every panel closes and the bus must come back to its baseline of
+//! connections, sessions and descriptors.
 //!
 //! Every wait is bounded; the number of panels at once is `--panels`; the load ends
 //! at `--minutes`/`--seconds`, and the checks after it take at most a few minutes.
@@ -41,9 +43,10 @@ use panel::{Kept, Load};
 use procs::{bus_config, Proc, Scratch};
 use proxy::Link;
 
-/// Most panels a soak runs at once (each is three sockets in the soak's process,
-/// one in the bus's).
-pub const MAX_PANELS: usize = 5_000;
+/// Most panels a soak runs at once: each holds about five descriptors in the soak's
+/// process (its link's listener and two ends, the client's TCP and UDP sockets) and
+/// one in the bus's, well inside a common 20 000-descriptor limit.
+pub const MAX_PANELS: usize = 2_000;
 /// Most switchers a soak simulates.
 pub const MAX_DEVICES: usize = 1_000;
 /// Longest load a soak runs.

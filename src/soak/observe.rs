@@ -186,14 +186,15 @@ impl Observer {
         let deadline = Instant::now() + limit;
         let mut changed = self.changed.clone();
         loop {
-            let live = self
-                .live
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
+            // Judged under the lock: under load the live copy changes hundreds of
+            // times a second, and is copied only when it cannot be snapshotted.
+            let held = pred(&self.live.lock().unwrap_or_else(PoisonError::into_inner));
             let timed_out = Instant::now() >= deadline;
-            if pred(&live) || timed_out {
-                let snap = self.snapshot().await.unwrap_or(live);
+            if held || timed_out {
+                let snap = match self.snapshot().await {
+                    Ok(s) => s,
+                    Err(_) => self.live_copy(),
+                };
                 if pred(&snap) || timed_out {
                     return (pred(&snap), snap);
                 }
@@ -208,6 +209,13 @@ impl Observer {
                 return (pred(&snap), snap);
             }
         }
+    }
+
+    fn live_copy(&self) -> SysMap {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// A sample of the bus (process `pid`) from `map`.
