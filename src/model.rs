@@ -294,7 +294,8 @@ impl ControlSpec {
                     return Err(format!("{v} is outside {min}..={max}"));
                 }
                 if let Some(s) = step {
-                    if (v - min) % s != 0 {
+                    // In i128: `v - min` overflows i64 for a range wider than i64::MAX.
+                    if (i128::from(v) - i128::from(*min)) % i128::from(*s) != 0 {
                         return Err(format!("{v} is not on the step {s} from {min}"));
                     }
                 }
@@ -502,6 +503,18 @@ mod tests {
             "101 is outside 0..=100"
         );
         assert!(c.check_set(&Value::from(3)).unwrap_err().contains("step"));
+        // The whole i64 range: 4 is 2^63 + 4 from the minimum, a multiple of 3.
+        let wide = ControlSpec::new(
+            "wide",
+            ControlKind::Int {
+                min: i64::MIN,
+                max: i64::MAX,
+                step: Some(3),
+                unit: String::new(),
+            },
+        );
+        assert_eq!(wide.check_set(&Value::from(4)), Ok(Value::from(4)));
+        assert!(wide.check_set(&Value::from(5)).is_err());
         assert!(c
             .check_set(&Value::from("x"))
             .unwrap_err()
