@@ -487,6 +487,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         let step = outbox.drain(&mut items);
         let ok = match step {
             Drain::Empty => {
+                release_burst(&mut buf, &mut items);
                 notified.await;
                 continue;
             }
@@ -508,6 +509,25 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             outbox.close(None);
             return;
         }
+    }
+}
+
+/// Write buffer a writer keeps while idle; a larger one was grown by a burst.
+const IDLE_WRITE_BUF: usize = 4 * 1024;
+/// Drained items a writer keeps room for while idle.
+const IDLE_ITEMS: usize = 64;
+
+/// Between bursts, gives a burst's buffers back to the allocator. A snapshot grows a
+/// writer's buffer to [`WRITE_CHUNK`]; kept for the connection's life, 300 panels
+/// that each took one snapshot held 19 MB, and their reconnects freed and regrew
+/// those 64 KiB blocks among long-lived allocations, which fragmented the heap
+/// (the soak's creeping RSS). A writer that streams without pause keeps its buffer.
+fn release_burst(buf: &mut BytesMut, items: &mut Vec<Item>) {
+    if buf.capacity() > IDLE_WRITE_BUF {
+        *buf = BytesMut::new();
+    }
+    if items.capacity() > IDLE_ITEMS {
+        *items = Vec::new();
     }
 }
 

@@ -146,6 +146,20 @@ pub(super) struct Retained {
     pub frame: Bytes,
 }
 
+impl Retained {
+    /// Holds a copy of `frame` in an allocation of its own. Frames are carved out of
+    /// the router's 64 KiB encode buffer, and a `Bytes` keeps its whole chunk alive:
+    /// a retained value that is seldom replaced would pin 64 KiB for one ~100-byte
+    /// frame, and over hours the retained topics would pin a chunk each (the soak's
+    /// memory creep). Short-lived holders (outboxes, the FIFO replay log) keep the
+    /// shared slice; only the long-lived copy pays for one small allocation.
+    fn new(frame: &Bytes) -> Self {
+        Retained {
+            frame: Bytes::copy_from_slice(frame),
+        }
+    }
+}
+
 /// Control-state fields of an update record.
 #[derive(Default)]
 pub(super) struct ControlFields<'a> {
@@ -272,7 +286,7 @@ impl Router {
                     deadline: None,
                 },
             );
-            self.retained.insert(topic, Retained { frame });
+            self.retained.insert(topic, Retained::new(&frame));
         }
         if skipped > 0 {
             tracing::warn!(
@@ -684,12 +698,7 @@ impl Router {
             if value.is_nil() && ctl.quality.is_none() {
                 self.retained.remove(&**topic);
             } else {
-                self.retained.insert(
-                    topic.clone(),
-                    Retained {
-                        frame: frame.clone(),
-                    },
-                );
+                self.retained.insert(topic.clone(), Retained::new(&frame));
             }
         }
         self.replay.push(seq, topic.clone(), frame.clone());
