@@ -20,8 +20,8 @@ use tokio_util::codec::Decoder;
 use crate::devices::{extron, pjlink, qrc, visca, x32};
 use crate::model::DeviceDescriptor;
 use crate::protocol::{
-    decode_bus, decode_client, frame as encode_frame, BusMsg, ClientMsg, DecodeError,
-    CLIENT_MSG_TYPES, DEFAULT_MAX_FRAME, LEN_PREFIX,
+    decode_bus, decode_bus_tagged, decode_client, decode_client_tagged, frame as encode_frame,
+    BusMsg, ClientMsg, DecodeError, CLIENT_MSG_TYPES, DEFAULT_MAX_FRAME, LEN_PREFIX,
 };
 use crate::telemetry::{self as tm, Format, Record};
 use crate::value::Value;
@@ -149,6 +149,19 @@ pub fn frame(data: &[u8]) {
 
 /// One frame body through both decoders.
 fn message(body: &[u8], router: &mut Router) {
+    // The decoders' fast paths agree with serde's tagged decoding, error included.
+    let fast = format!("{:?}", decode_client(body));
+    assert_eq!(
+        fast,
+        format!("{:?}", decode_client_tagged(body)),
+        "pub fast path"
+    );
+    let fast = format!("{:?}", decode_bus(body));
+    assert_eq!(
+        fast,
+        format!("{:?}", decode_bus_tagged(body)),
+        "update fast path"
+    );
     match decode_client(body) {
         Ok(msg) => {
             round_trip(&msg, decode_client);

@@ -1,0 +1,135 @@
+//! The decoders' fast paths (`pub` from clients, `update` from the bus) against
+//! serde's tagged decoding, which they must match exactly: on maps built key by key,
+//! in any order, with fields of the wrong type, unknown keys, keys given as field
+//! indexes, a second `t`, and any value MessagePack can carry.
+
+use proptest::prelude::*;
+use rmp::encode as enc;
+
+use super::*;
+
+/// A MessagePack value of any kind, nested a few levels.
+fn any_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Nil),
+        any::<bool>().prop_map(Value::Boolean),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f32>().prop_map(Value::F32),
+        any::<f64>().prop_map(Value::F64),
+        "[a-z/]{0,6}".prop_map(Value::from),
+        proptest::collection::vec(any::<u8>(), 0..4).prop_map(Value::Binary),
+        (any::<i8>(), proptest::collection::vec(any::<u8>(), 0..4))
+            .prop_map(|(t, d)| Value::Ext(t, d)),
+    ];
+    leaf.prop_recursive(3, 12, 3, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+            proptest::collection::vec((inner.clone(), inner), 0..3).prop_map(Value::Map),
+        ]
+    })
+}
+
+/// A map key: a field's name (or a near miss), or a field index.
+fn any_key(names: &'static [&'static str]) -> impl Strategy<Value = Value> {
+    prop_oneof![
+        8 => proptest::sample::select(names).prop_map(Value::from),
+        1 => "[a-z]{1,3}".prop_map(Value::from),
+        1 => (0u64..12).prop_map(Value::from),
+    ]
+}
+
+/// A value for a key: usually one that fits the field, sometimes anything.
+fn field_value(key: &Value, tag: &'static str) -> BoxedStrategy<Value> {
+    let fit: BoxedStrategy<Value> = match key.as_str() {
+        Some("t") => prop_oneof![Just(Value::from(tag)), Just(Value::from("get"))].boxed(),
+        Some("topic" | "display") => "[a-z]{1,3}(/[a-z]{1,3}){0,2}".prop_map(Value::from).boxed(),
+        Some("retain") => any::<bool>().prop_map(Value::Boolean).boxed(),
+        Some("id" | "seq" | "time" | "deadline") => any::<u32>().prop_map(Value::from).boxed(),
+        Some("quality") => proptest::sample::select(&["ok", "pending", "stale", "bad"][..])
+            .prop_map(Value::from)
+            .boxed(),
+        Some("position") => any::<f64>().prop_map(Value::F64).boxed(),
+        _ => any_value().boxed(),
+    };
+    prop_oneof![6 => fit, 1 => any_value()].boxed()
+}
+
+/// A map whose first entry is `t: tag` (the fast path's precondition, most of the
+/// time), then the fields in any order, with extras.
+fn message(tag: &'static str, names: &'static [&'static str]) -> impl Strategy<Value = Vec<u8>> {
+    let entries = proptest::collection::vec(any_key(names), 0..9).prop_flat_map(move |keys| {
+        keys.into_iter()
+            .map(|k| (Just(k.clone()), field_value(&k, tag)))
+            .collect::<Vec<_>>()
+    });
+    (any::<u8>(), entries).prop_map(move |(first, mut entries)| {
+        if first % 8 != 0 {
+            entries.insert(0, (Value::from("t"), Value::from(tag)));
+        }
+        let mut out = Vec::new();
+        enc::write_map_len(&mut out, entries.len() as u32).unwrap();
+        for (k, v) in &entries {
+            rmpv::encode::write_value(&mut out, k).unwrap();
+            rmpv::encode::write_value(&mut out, v).unwrap();
+        }
+        out
+    })
+}
+
+const PUB: &[&str] = &["t", "topic", "value", "retain", "id", "quality"];
+const UPDATE: &[&str] = &[
+    "t", "seq", "topic", "value", "time", "retain", "quality", "position", "display", "target",
+    "deadline",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    #[test]
+    fn pub_fast_path_decodes_as_the_tagged_decoder(body in message("pub", PUB)) {
+        prop_assert_eq!(
+            format!("{:?}", decode_client(&body)),
+            format!("{:?}", decode_client_tagged(&body))
+        );
+    }
+
+    #[test]
+    fn update_fast_path_decodes_as_the_tagged_decoder(body in message("update", UPDATE)) {
+        prop_assert_eq!(
+            format!("{:?}", decode_bus(&body)),
+            format!("{:?}", decode_bus_tagged(&body))
+        );
+    }
+}
+
+/// The property above is not vacuous: well-formed messages take the fast path.
+#[test]
+fn the_fast_path_takes_well_formed_messages() {
+    let p = ClientMsg::Pub {
+        topic: "a/b".into(),
+        value: Value::from(1.5),
+        retain: true,
+        id: Some(3),
+        quality: None,
+    };
+    let f = frame(&p);
+    assert_eq!(leading_tag(&f[LEN_PREFIX..]), Some("pub"));
+    assert!(from_body::<PubWire>(&f[LEN_PREFIX..]).is_ok());
+    assert_eq!(decode_client(&f[LEN_PREFIX..]).unwrap(), p);
+    let v = Value::from("x");
+    let u = frame(&UpdateRef {
+        seq: Seq(4),
+        topic: "a/b",
+        value: &v,
+        time: 9,
+        retain: false,
+        quality: Some(Quality::Ok),
+        position: None,
+        display: Some("x"),
+        target: None,
+        deadline: None,
+    });
+    assert_eq!(leading_tag(&u[LEN_PREFIX..]), Some("update"));
+    assert!(from_body::<UpdateWire>(&u[LEN_PREFIX..]).is_ok());
+}
