@@ -3,8 +3,6 @@
 //! port, an untrusted certificate, a silent connection). Certificates and keys are
 //! made at test time (rcgen) in a temporary directory; none are in the repository.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,8 +14,9 @@ use avbus::config::{ClientRules, Config, TlsConfig};
 use avbus::protocol::{BusMsg, ClientMsg, ErrorCode, Role, PROTOCOL_VERSION};
 use avbus::tls::TlsClient;
 use avbus::value::Value;
-use common::{bus, config, within, Raw};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+use crate::common::{bus, config, within, Raw};
 
 const BIN: &str = env!("CARGO_BIN_EXE_avbus");
 

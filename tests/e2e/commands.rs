@@ -1,15 +1,14 @@
 //! Commands end to end: routing to the owning adapter, every error kind, pending
 //! state, exactly-once answers across a reconnect, momentary release, liveness.
 
-mod common;
-
 use std::time::Duration;
 
 use avbus::client::Client;
 use avbus::model::Quality;
 use avbus::protocol::{BusMsg, ClientMsg, CommandOp, ErrorCode, Resume, Role, SessionId};
 use avbus::value::Value;
-use common::*;
+
+use crate::common::*;
 
 async fn code_of(panel: &Client, topic: &str, value: Value) -> (ErrorCode, String) {
     let e = panel.set(topic, value).await.expect_err("refused");

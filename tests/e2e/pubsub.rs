@@ -1,13 +1,12 @@
 //! Snapshot-then-live, resume after a cut socket (replay and resync), over real TCP.
 
-mod common;
-
 use std::collections::HashMap;
 
 use avbus::client::{Client, SubEvent};
 use avbus::protocol::Role;
 use avbus::value::Value;
-use common::*;
+
+use crate::common::*;
 
 const TOPICS: u64 = 50;
 

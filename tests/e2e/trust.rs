@@ -2,8 +2,6 @@
 //! subscriptions, `get`, snapshots, descriptors, presence, telemetry), declare
 //! prefixes, guessing backoff, session takeover, rate limits and connection limits.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 
 use avbus::auth::{hash_token, new_token};
@@ -13,7 +11,8 @@ use avbus::config::{ClientRules, Config, OverRate};
 use avbus::model::{ControlKind, ControlSpec, DeviceDescriptor, Quality};
 use avbus::protocol::{BusMsg, ClientMsg, ErrorCode, Resume, Role, PROTOCOL_VERSION};
 use avbus::value::Value;
-use common::{bus, config, lab_device, next, opts, snapshot, within, Raw};
+
+use crate::common::{self, bus, config, lab_device, next, opts, snapshot, within, Raw};
 
 /// The tokens of the test site.
 struct Site {

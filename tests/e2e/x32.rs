@@ -5,8 +5,6 @@
 //! and garbage; then the simulator on its own, through a raw UDP socket. Every wait is
 //! bounded by [`within`]; nothing sleeps.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -23,10 +21,11 @@ use avbus::devices::x32::sim::{Sim, SimConfig, SimState};
 use avbus::model::Quality;
 use avbus::protocol::{ErrorCode, Role};
 use avbus::value::Value;
-use common::*;
 use futures_util::{FutureExt, StreamExt};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
 
 const DEVICE: &str = "hall/console";
 

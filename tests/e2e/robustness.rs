@@ -1,8 +1,6 @@
 //! A client that never reads, bad input of every kind, handshake and heartbeat
 //! deadlines, the `serve` binary and its config errors — over real TCP.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -10,7 +8,8 @@ use std::process::{Command, Stdio};
 use avbus::client::{Client, ClientOptions, ConnectionEvent, SubEvent};
 use avbus::protocol::{BusMsg, ClientMsg, ErrorCode, Role};
 use avbus::value::{to_json, Value};
-use common::*;
+
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_stays_within_its_bound() {

@@ -10,14 +10,9 @@
 //! (as `scripts/faults` does) or `CI` is, when it fails. The five-minute partition
 //! is `#[ignore]`d: `scripts/faults` runs it.
 
-mod common;
-#[path = "faults/netem.rs"]
 mod netem;
-#[path = "faults/netns.rs"]
 mod netns;
-#[path = "faults/process.rs"]
 mod process;
-#[path = "faults/view.rs"]
 mod view;
 
 use std::net::SocketAddr;
@@ -36,6 +31,7 @@ use avbus::value::Value;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::common;
 use netem::{Impairment, Netem};
 use netns::{Host, Lab, NsRuntime};
 use process::BusProcess;

@@ -5,8 +5,6 @@
 //! back on the same port, a new design, garbage from the Core, the keepalive, and a
 //! Core that goes silent. Every wait is bounded by `within` or a `timeout`.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -20,11 +18,12 @@ use avbus::devices::qrc::sim::{Sim, SimConfig, SimControl};
 use avbus::model::{position, Quality, Taper};
 use avbus::protocol::{ErrorCode, Role, Update};
 use avbus::value::Value;
-use common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
 
 fn entry(name: &str, port: u16, password: Option<&str>, poll_ms: u64) -> DeviceConfig {
     DeviceConfig {

@@ -3,8 +3,6 @@
 //! protocol does not allow, a dropped WebSocket resuming its session, and the
 //! embedded files.
 
-mod common;
-
 use std::io::{Read, Write};
 
 use avbus::bus::BusHandle;
@@ -12,12 +10,13 @@ use avbus::protocol::{
     decode_bus, frame, BusMsg, ClientMsg, ErrorCode, Resume, Role, LEN_PREFIX, PROTOCOL_VERSION,
 };
 use avbus::value::Value;
-use common::{bus, config, lab_adapter, within};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::common::{self, bus, config, lab_adapter, within};
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 

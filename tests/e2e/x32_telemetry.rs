@@ -4,8 +4,6 @@
 //! rate, never a backlog; a panel that stops reading changes nothing for the others;
 //! a console that goes silent leaves its meters stale. Every wait is bounded.
 
-mod common;
-
 use std::time::Instant;
 
 use avbus::client::TelemetryValue;
@@ -15,8 +13,9 @@ use avbus::devices::x32::sim::{Sim, SimConfig};
 use avbus::model::Quality;
 use avbus::protocol::Role;
 use avbus::value::Value;
-use common::*;
 use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
 
 const METERS: &str = "hall/console/meters";
 

@@ -3,8 +3,6 @@
 //! the watchdog, and devices hosted from `[[device]]` config in `avbus serve` and in
 //! a separate `avbus adapter` process that can be killed.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -15,9 +13,10 @@ use avbus::devices::kit::{
 use avbus::model::{ControlKind, ControlSpec, DeviceDescriptor};
 use avbus::protocol::{ErrorCode, Role};
 use avbus::value::Value;
-use common::*;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
 
 /// What the test device has been asked to do, and a gate holding `slow` commands.
 #[derive(Default)]

@@ -4,8 +4,6 @@
 //! changes found by polling, a wrong password, a projector that goes away and comes
 //! back, and garbage from the projector. Every wait is bounded by `within`.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -19,12 +17,13 @@ use avbus::devices::pjlink::sim::{Sim, SimConfig, SimState};
 use avbus::model::{ControlKind, DeviceDescriptor, Quality};
 use avbus::protocol::{ErrorCode, Role};
 use avbus::value::Value;
-use common::*;
 use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
 
 const PASSWORD: &str = "JBMIAProjectorLink";
 const DEVICE: &str = "hall/projector";

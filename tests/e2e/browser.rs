@@ -12,8 +12,6 @@
 //! installs) the browser test says `skipped: ...` on stderr, except under CI, where
 //! it fails instead.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,10 +26,11 @@ use avbus::devices::registry::host_all;
 use avbus::devices::{extron, pjlink, qrc};
 use avbus::model::Quality;
 use avbus::protocol::Role;
-use common::{config, within};
 use serde_json::{json, Value as Json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::common::{self, config, within};
 
 const BIN: &str = env!("CARGO_BIN_EXE_avbus");
 /// The whole browser session, start to finish.

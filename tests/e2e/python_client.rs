@@ -2,13 +2,12 @@
 //! (`tests/python/`), run against a real bus: hello, subscribe, snapshot, set with an
 //! answer, errors, get, publish, bad input, bye. Keeps the document true.
 
-mod common;
-
 use std::process::{Command, Stdio};
 
 use avbus::protocol::Role;
 use avbus::value::Value;
-use common::*;
+
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_written_from_the_protocol_document() {

@@ -1,8 +1,6 @@
 //! Telemetry over UDP, end to end on loopback: rate-limited newest-value delivery,
 //! slow panels, hostile datagrams, staleness, `get`, and in-process publishing.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -13,8 +11,9 @@ use avbus::protocol::{BusMsg, ClientMsg, Role};
 use avbus::telemetry::{put_header, Kind, MAX_DATAGRAM};
 use avbus::value::Value;
 use bytes::BytesMut;
-use common::{bus, client, config, opts, within, Raw};
 use tokio::net::UdpSocket;
+
+use crate::common::{self, bus, client, config, opts, within, Raw};
 
 const CHANNELS: u32 = 64;
 

@@ -4,8 +4,6 @@
 //! lost datagrams, a camera that goes away and comes back, garbage, and a scripted
 //! camera that loses a reply. Every wait is bounded by [`within`]; nothing sleeps.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,10 +21,11 @@ use avbus::devices::visca::sim::{Sim, SimConfig, SimState};
 use avbus::model::Quality;
 use avbus::protocol::{BusMsg, ClientMsg, ErrorCode, Role};
 use avbus::value::Value;
-use common::*;
 use futures_util::{FutureExt, StreamExt};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
 
 const DEVICE: &str = "studio/cam";
 const POLL_MS: u64 = 50;

@@ -5,8 +5,6 @@
 //! and is logged; the switcher going away and coming back, and garbage from it, end
 //! in a reconnect; the switcher's error codes become typed command answers.
 
-mod common;
-
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -23,11 +21,12 @@ use avbus::model::Quality;
 use avbus::protocol::{ErrorCode, Role};
 use avbus::value::Value;
 use bytes::{Buf, BytesMut};
-use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
 
 // ----- captured logs ----------------------------------------------------------------
 

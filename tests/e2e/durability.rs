@@ -2,8 +2,6 @@
 //! published, a client resumes onto it, acknowledged publishes survive SIGKILL, and a
 //! corrupt tail is cut off and reported.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -16,7 +14,8 @@ use avbus::client::{Client, SubEvent};
 use avbus::config::{Config, FsyncPolicy};
 use avbus::protocol::Role;
 use avbus::value::Value;
-use common::*;
+
+use crate::common::*;
 
 fn persist(dir: &Path, fsync: FsyncPolicy) -> Config {
     let mut cfg = config();
