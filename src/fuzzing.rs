@@ -1,6 +1,6 @@
 //! The logic of the fuzz targets in `fuzz/` (cargo-fuzz, libFuzzer), here so that the
-//! fuzzer and `tests/fuzz_regressions.rs` (which replays every corpus entry and crash
-//! reproducer under `cargo test`) run exactly the same code. `docs/fuzzing.md` lists
+//! fuzzer and `tests/e2e/fuzz_regressions.rs` (which replays every corpus entry and
+//! crash reproducer under `cargo test`) run exactly the same code. `docs/fuzzing.md` lists
 //! the targets, what each checks and how to run them.
 //!
 //! Each function takes arbitrary bytes, feeds them to the decoder the network path

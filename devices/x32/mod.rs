@@ -33,8 +33,8 @@
 //!   document.
 //! * X AIR OSC document (fw 1.11): the same get/set/`/xremote` model on port 10024.
 //!
-//! The codec's tests are in `tests/x32_proto.rs` (examples and property tests), the
-//! simulator's and the adapter's in `tests/x32.rs`.
+//! The codec's tests are in `tests/e2e/x32_proto.rs` (examples and property tests),
+//! the simulator's and the adapter's in `tests/e2e/x32.rs`.
 
 pub mod adapter;
 mod controls;

@@ -1,8 +1,8 @@
 // The avbus panel in Debian's Chromium, driven by playwright-core. Run by
-// tests/browser.rs, which owns the bus and the simulated devices: when this script
-// needs something done on the server side it writes {"ask": ...} as one JSON line on
-// stdout and reads the answer, one JSON line on stdin. It waits on selectors and
-// page events only (every wait bounded, failing the test), never on a clock.
+// tests/e2e/browser.rs, which owns the bus and the simulated devices: when this
+// script needs something done on the server side it writes {"ask": ...} as one JSON
+// line on stdout and reads the answer, one JSON line on stdin. It waits on selectors
+// and page events only (every wait bounded, failing the test), never on a clock.
 //
 // Environment: AVBUS_URL (the panel), AVBUS_CHROMIUM (the browser binary),
 // AVBUS_ARTIFACTS (where screenshots go).
@@ -24,7 +24,7 @@ function check(cond, what) {
   log(`ok ${checks} - ${what}`);
 }
 
-// ---- talking to tests/browser.rs -------------------------------------------------
+// ---- talking to tests/e2e/browser.rs ---------------------------------------------
 
 const replies = [];
 let waiting = null;

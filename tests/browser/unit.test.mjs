@@ -1,7 +1,7 @@
 // Unit tests of the browser code that need no browser: the MessagePack codec, topic
 // matching, the backoff schedule, the slider taper, the telemetry datagram decoder,
 // and the client's resume and telemetry logic against a scripted WebSocket. Run by
-// tests/browser.rs with `node --test`.
+// tests/e2e/browser.rs with `node --test`.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
