@@ -1,7 +1,6 @@
 //! Shared pieces of the end-to-end tests: an in-process bus on port 0, a raw
 //! protocol client for byte-level tests, a cuttable TCP proxy, and a test adapter.
 //! Every wait is bounded by [`within`]; nothing sleeps.
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,7 +14,6 @@ use avbus::config::Config;
 use avbus::model::{Access, ControlKind, ControlSpec, DeviceDescriptor, EnumOption, Quality};
 use avbus::protocol::{frame, BusMsg, ClientMsg, Epoch, Resume, Role, Seq, SessionId, Update};
 use avbus::value::Value;
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
@@ -345,11 +343,6 @@ pub async fn lab_adapter(bus: &BusHandle) -> (Client, Seen) {
             held: held_rx,
         },
     )
-}
-
-/// Frame bytes helper for raw tests.
-pub fn body(msg: &ClientMsg) -> Bytes {
-    frame(msg).slice(4..)
 }
 
 /// The `[[device]]` entry of the X32 console `hall/console` at `console`, polled only
