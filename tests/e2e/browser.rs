@@ -263,6 +263,7 @@ async fn the_panel_in_chromium() {
         Ok(c) => c,
         Err(why) => return skip("the_panel_in_chromium", &why),
     };
+    let _heavy = common::HEAVY.lock().await;
     let mut rig = Rig::start().await;
     let http = rig.bus.http.expect("HTTP listens");
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts");

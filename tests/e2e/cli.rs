@@ -6,6 +6,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::common::HEAVY;
+
 const BIN: &str = env!("CARGO_BIN_EXE_avbus");
 
 struct Demo {
@@ -284,6 +286,7 @@ fn the_demo_tour_works_from_the_cli() {
 
 #[test]
 fn bench_runs_every_workload_against_its_own_bus() {
+    let _heavy = HEAVY.blocking_lock();
     let child = Command::new(BIN)
         .args(["bench", "--scale", "0.01"])
         .stdout(Stdio::piped())
@@ -317,6 +320,7 @@ fn bench_runs_every_workload_against_its_own_bus() {
 
 #[test]
 fn bench_devices_runs_panel_bus_adapters_and_simulators() {
+    let _heavy = HEAVY.blocking_lock();
     let child = Command::new(BIN)
         .args([
             "bench",

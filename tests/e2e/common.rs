@@ -22,6 +22,15 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// The longest any single wait in a test may take before it fails.
 pub const LIMIT: Duration = Duration::from_secs(20);
 
+/// Held by each test that loads the whole machine, so that they run one at a time:
+/// the benchmark workloads (`avbus bench`, which count what their bus dropped), the
+/// soak run (whose checks include queues and memory) and the panel in Chromium. In
+/// test binaries of their own, which cargo ran one after another, they never met; in
+/// one binary they share CI's two CPUs, and a benchmark's fanout subscribers, starved
+/// while Chromium started, fell seconds behind and lost messages. Async tests hold it
+/// across awaits (`HEAVY.lock().await`), sync ones take it with `blocking_lock`.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Awaits `fut`, failing the test if it takes longer than [`LIMIT`].
 pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(LIMIT, fut).await {

@@ -14,6 +14,8 @@ use avbus::protocol::{Seq, Update};
 use avbus::soak::{judge_retained, rss_verdict, view_diff, Retained, TopicLedger, RSS_LIMIT_PCT};
 use avbus::value::Value;
 
+use crate::common::HEAVY;
+
 const BIN: &str = env!("CARGO_BIN_EXE_avbus");
 /// The longest the whole smoke run may take: its own bounds (setup, load, settling,
 /// every panel's session grace) are far inside this.
@@ -44,6 +46,7 @@ fn avbus(args: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn a_short_soak_samples_the_bus_and_passes_every_check() {
+    let _heavy = HEAVY.blocking_lock();
     let (code, out) = avbus(&[
         "soak",
         "--seconds",
