@@ -5,9 +5,11 @@
 //! and is logged; the switcher going away and coming back, and garbage from it, end
 //! in a reconnect; the switcher's error codes become typed command answers.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use avbus::bus::BusHandle;
 use avbus::client::Client;
@@ -25,13 +27,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::dispatcher::{self, DefaultGuard, Dispatch};
 
 use crate::common::*;
 
 // ----- captured logs ----------------------------------------------------------------
 
-/// Everything logged by this test binary (tests run in parallel, so each one looks
-/// for its own device's name), and a signal for each write.
+/// What one test's runtime logged, and a signal for each write.
 #[derive(Clone)]
 struct Logs {
     text: Arc<Mutex<String>>,
@@ -61,26 +63,46 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
     }
 }
 
-fn logs() -> &'static Logs {
-    static LOGS: OnceLock<Logs> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Logs {
-            text: Arc::default(),
-            written: Arc::new(watch::channel(()).0),
-        };
-        let subscriber = tracing_subscriber::fmt()
+thread_local! {
+    /// On a thread of a [`capturing`] runtime: its logs go to that test's [`Logs`].
+    static CAPTURE: RefCell<Option<DefaultGuard>> = const { RefCell::new(None) };
+}
+
+/// Runs `test` as `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]` does,
+/// and hands it what is logged on the runtime's threads (the bus, the adapter, the
+/// simulator): only those, not a global subscriber's everything, since every other
+/// test of the binary runs in this process too.
+fn capturing<F, T>(test: F)
+where
+    F: FnOnce(Logs) -> T,
+    T: Future<Output = ()>,
+{
+    let logs = Logs {
+        text: Arc::default(),
+        written: Arc::new(watch::channel(()).0),
+    };
+    let dispatch = Dispatch::new(
+        tracing_subscriber::fmt()
             .with_writer(logs.clone())
             .with_ansi(false)
             .with_max_level(tracing::Level::INFO)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
-        logs
-    })
+            .finish(),
+    );
+    let each_thread = dispatch.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || CAPTURE.set(Some(dispatcher::set_default(&each_thread))))
+        .on_thread_stop(|| CAPTURE.set(None))
+        .build()
+        .expect("a runtime");
+    // The test's own future runs on this thread.
+    let _this_thread = dispatcher::set_default(&dispatch);
+    runtime.block_on(test(logs));
 }
 
 /// Waits until a logged line contains every one of `words`; returns that line.
-async fn logged(words: &[&str]) -> String {
-    let logs = logs();
+async fn logged(logs: &Logs, words: &[&str]) -> String {
     let mut written = logs.written.subscribe();
     within(&format!("a log line with {words:?}"), async {
         loop {
@@ -94,7 +116,7 @@ async fn logged(words: &[&str]) -> String {
             if let Some(line) = found {
                 return line;
             }
-            written.changed().await.expect("the sender is static");
+            written.changed().await.expect("the test holds the sender");
         }
     })
     .await
@@ -123,7 +145,6 @@ async fn sim(cfg: SimConfig) -> Sim {
 
 /// The adapter on its own bus connection, running `devices`.
 async fn adapter_host(bus: &BusHandle, devices: &[DeviceConfig]) -> CancellationToken {
-    logs();
     let client = client(bus, "extron-adapter", Role::Adapter).await;
     let host = Host::start(client).await;
     let cancel = CancellationToken::new();
@@ -433,50 +454,60 @@ async fn front_panel_changes_reach_the_panels() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_password_keeps_the_device_offline_and_is_logged() {
-    let bus = bus(config()).await;
-    // A password configured for a switcher that has none.
-    let open = sim(SimConfig::fast()).await;
-    let sim = sim(SimConfig {
-        password: Some("secret".into()),
-        ..SimConfig::fast()
-    })
-    .await;
-    let devices = [
-        device("locked", sim.addr(), Some("guess")),
-        device("nopass", sim.addr(), None),
-        device("unlocked", sim.addr(), Some("secret")),
-    ];
-    let extra = device("extra", open.addr(), Some("secret"));
-    let _cancel = adapter_host(&bus, &[&devices[..], &[extra]].concat()).await;
-    let panel = client(&bus, "panel", Role::Panel).await;
-    logged(&["lab/locked", "authentication failed", "refused"]).await;
-    logged(&["lab/nopass", "authentication failed", "none is configured"]).await;
-    logged(&["lab/extra", "authentication failed", "asked for none"]).await;
-    // The right password: online, and it switches.
-    online(&panel, "unlocked", true).await;
-    panel
-        .set("lab/unlocked/out01_video", text("2"))
-        .await
-        .unwrap();
-    assert_eq!(sim.state().video[0], 2);
-    for name in ["locked", "nopass", "extra"] {
-        let online = panel
-            .get(&format!("lab/{name}/online"))
+#[test]
+fn a_wrong_password_keeps_the_device_offline_and_is_logged() {
+    capturing(|logs| async move {
+        let bus = bus(config()).await;
+        // A password configured for a switcher that has none.
+        let open = sim(SimConfig::fast()).await;
+        let sim = sim(SimConfig {
+            password: Some("secret".into()),
+            ..SimConfig::fast()
+        })
+        .await;
+        let devices = [
+            device("locked", sim.addr(), Some("guess")),
+            device("nopass", sim.addr(), None),
+            device("unlocked", sim.addr(), Some("secret")),
+        ];
+        let extra = device("extra", open.addr(), Some("secret"));
+        let _cancel = adapter_host(&bus, &[&devices[..], &[extra]].concat()).await;
+        let panel = client(&bus, "panel", Role::Panel).await;
+        logged(&logs, &["lab/locked", "authentication failed", "refused"]).await;
+        logged(
+            &logs,
+            &["lab/nopass", "authentication failed", "none is configured"],
+        )
+        .await;
+        logged(
+            &logs,
+            &["lab/extra", "authentication failed", "asked for none"],
+        )
+        .await;
+        // The right password: online, and it switches.
+        online(&panel, "unlocked", true).await;
+        panel
+            .set("lab/unlocked/out01_video", text("2"))
             .await
-            .unwrap()
-            .expect("declared while offline");
-        assert_eq!(online.value, Value::Boolean(false), "{name}");
-        let e = panel
-            .set(&format!("lab/{name}/out01_video"), text("1"))
-            .await
-            .unwrap_err();
-        // Its controls are not known until it has been reached once.
-        assert_eq!(e.code, ErrorCode::UnknownTopic, "{name}: {}", e.message);
-    }
-    assert_eq!(sim.state().video[0], 2, "nothing else switched");
-    bus.shutdown().await;
+            .unwrap();
+        assert_eq!(sim.state().video[0], 2);
+        for name in ["locked", "nopass", "extra"] {
+            let online = panel
+                .get(&format!("lab/{name}/online"))
+                .await
+                .unwrap()
+                .expect("declared while offline");
+            assert_eq!(online.value, Value::Boolean(false), "{name}");
+            let e = panel
+                .set(&format!("lab/{name}/out01_video"), text("1"))
+                .await
+                .unwrap_err();
+            // Its controls are not known until it has been reached once.
+            assert_eq!(e.code, ErrorCode::UnknownTopic, "{name}: {}", e.message);
+        }
+        assert_eq!(sim.state().video[0], 2, "nothing else switched");
+        bus.shutdown().await;
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -510,66 +541,70 @@ async fn the_switcher_going_away_and_back_ends_offline_then_online() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_switcher_of_another_size_is_declared_again() {
-    let (bus, sim, panel, _cancel) = rig().await;
-    let addr = sim.addr();
-    sim.stop().await;
-    online(&panel, "matrix", false).await;
-    let sim = Sim::start(
-        addr,
-        SimConfig {
-            inputs: 4,
-            outputs: 2,
-            ..SimConfig::fast()
-        },
-    )
-    .await
-    .expect("restart");
-    let mut sub = panel.subscribe(&["$devices/lab/matrix"]).await.unwrap();
-    until(&mut sub, |u| {
-        avbus::value::to_json(&u.value)["controls"]
-            .as_array()
-            .is_some_and(|c| c.len() == 9)
-    })
-    .await;
-    online(&panel, "matrix", true).await;
-    assert!(
-        panel.get("lab/matrix/out05_video").await.unwrap().is_none(),
-        "the outputs it no longer has are gone"
-    );
-    panel
-        .set("lab/matrix/out02_video", text("4"))
+#[test]
+fn a_switcher_of_another_size_is_declared_again() {
+    capturing(|logs| async move {
+        let (bus, sim, panel, _cancel) = rig().await;
+        let addr = sim.addr();
+        sim.stop().await;
+        online(&panel, "matrix", false).await;
+        let sim = Sim::start(
+            addr,
+            SimConfig {
+                inputs: 4,
+                outputs: 2,
+                ..SimConfig::fast()
+            },
+        )
         .await
-        .unwrap();
-    assert_eq!(sim.state().video, [0, 4]);
-    logged(&["lab/matrix", "now 4x2"]).await;
-    bus.shutdown().await;
+        .expect("restart");
+        let mut sub = panel.subscribe(&["$devices/lab/matrix"]).await.unwrap();
+        until(&mut sub, |u| {
+            avbus::value::to_json(&u.value)["controls"]
+                .as_array()
+                .is_some_and(|c| c.len() == 9)
+        })
+        .await;
+        online(&panel, "matrix", true).await;
+        assert!(
+            panel.get("lab/matrix/out05_video").await.unwrap().is_none(),
+            "the outputs it no longer has are gone"
+        );
+        panel
+            .set("lab/matrix/out02_video", text("4"))
+            .await
+            .unwrap();
+        assert_eq!(sim.state().video, [0, 4]);
+        logged(&logs, &["lab/matrix", "now 4x2"]).await;
+        bus.shutdown().await;
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_from_the_switcher_is_logged_and_ends_in_a_reconnect() {
-    let (bus, sim, panel, _cancel) = rig().await;
-    let mut sub = panel.subscribe(&["lab/matrix/online"]).await.unwrap();
-    snapshot(&mut sub).await;
-    // A line that is no SIS response.
-    sim.inject(&b"\x00\xffgarbage\x07\r\n"[..]);
-    until(&mut sub, |u| u.value == Value::Boolean(false)).await;
-    until(&mut sub, |u| u.value == Value::Boolean(true)).await;
-    logged(&["lab/matrix", "protocol error", "garbage"]).await;
-    // A truncated response, then a line too long to be one.
-    let mut truncated = b"Out0".to_vec();
-    truncated.resize(600, b'7');
-    sim.inject(truncated);
-    until(&mut sub, |u| u.value == Value::Boolean(false)).await;
-    until(&mut sub, |u| u.value == Value::Boolean(true)).await;
-    logged(&["lab/matrix", "longer than 512 bytes", "Out07777"]).await;
-    panel
-        .set("lab/matrix/out05_video", text("8"))
-        .await
-        .expect("working again");
-    assert_eq!(sim.state().video[4], 8);
-    bus.shutdown().await;
+#[test]
+fn garbage_from_the_switcher_is_logged_and_ends_in_a_reconnect() {
+    capturing(|logs| async move {
+        let (bus, sim, panel, _cancel) = rig().await;
+        let mut sub = panel.subscribe(&["lab/matrix/online"]).await.unwrap();
+        snapshot(&mut sub).await;
+        // A line that is no SIS response.
+        sim.inject(&b"\x00\xffgarbage\x07\r\n"[..]);
+        until(&mut sub, |u| u.value == Value::Boolean(false)).await;
+        until(&mut sub, |u| u.value == Value::Boolean(true)).await;
+        logged(&logs, &["lab/matrix", "protocol error", "garbage"]).await;
+        // A truncated response, then a line too long to be one.
+        let mut truncated = b"Out0".to_vec();
+        truncated.resize(600, b'7');
+        sim.inject(truncated);
+        until(&mut sub, |u| u.value == Value::Boolean(false)).await;
+        until(&mut sub, |u| u.value == Value::Boolean(true)).await;
+        logged(&logs, &["lab/matrix", "longer than 512 bytes", "Out07777"]).await;
+        panel
+            .set("lab/matrix/out05_video", text("8"))
+            .await
+            .expect("working again");
+        assert_eq!(sim.state().video[4], 8);
+        bus.shutdown().await;
+    });
 }
 
 /// A 2×1 switcher that refuses some commands as a real one can: a video tie of

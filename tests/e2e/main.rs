@@ -7,9 +7,11 @@
 //!
 //! The tests share one process and run on parallel threads, so none may change what
 //! the process holds for all of them: no environment variables, current directory,
-//! signal handlers or resource limits; fixed ports are not bound (every listener takes
-//! port 0); the fault tests enter network namespaces only on threads of their own
-//! (`faults/netns.rs`).
+//! signal handlers, resource limits or global tracing subscriber (`extron.rs` captures
+//! logs on its own runtime's threads only); fixed ports are not bound (every listener
+//! takes port 0); the fault tests enter network namespaces only on threads of their
+//! own (`faults/netns.rs`). The tests that load the whole machine take
+//! [`common::HEAVY`] and run one at a time.
 
 mod common;
 
