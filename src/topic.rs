@@ -47,10 +47,13 @@ pub enum TopicError {
     WildcardInTopic,
 }
 
-fn allowed(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@')
+fn allowed(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@')
 }
 
+/// Checks a topic name or filter in one pass over its bytes (every message a client
+/// publishes goes through here). Only ASCII is allowed, so a level's bytes are its
+/// characters; the first byte not allowed starts the character reported.
 fn check(name: &str, filter: bool) -> Result<(), TopicError> {
     if name.is_empty() {
         return Err(TopicError::Empty);
@@ -58,38 +61,44 @@ fn check(name: &str, filter: bool) -> Result<(), TopicError> {
     if name.len() > MAX_TOPIC_LEN {
         return Err(TopicError::TooLong);
     }
-    let depth = name.split('/').count();
+    let bytes = name.as_bytes();
+    let depth = bytes.iter().filter(|&&b| b == b'/').count() + 1;
     if depth > MAX_DEPTH {
         return Err(TopicError::TooDeep);
     }
-    for (i, level) in name.split('/').enumerate() {
+    let mut start = 0;
+    for (i, level) in bytes.split(|&b| b == b'/').enumerate() {
+        let at = start;
+        start += level.len() + 1;
         if level.is_empty() {
             return Err(TopicError::EmptyLevel(i));
         }
         if level.len() > MAX_LEVEL_LEN {
             return Err(TopicError::LevelTooLong(i));
         }
-        if level == "+" || level == "#" {
+        if level == b"+" || level == b"#" {
             if !filter {
                 return Err(TopicError::WildcardInTopic);
             }
-            if level == "#" && i + 1 != depth {
+            if level == b"#" && i + 1 != depth {
                 return Err(TopicError::HashNotLast);
             }
             continue;
         }
-        for (j, c) in level.chars().enumerate() {
-            if c == '$' && i == 0 && j == 0 {
+        for (j, &b) in level.iter().enumerate() {
+            if b == b'$' && i == 0 && j == 0 {
                 continue;
             }
-            if c == '+' || c == '#' {
+            if b == b'+' || b == b'#' {
                 return Err(if filter {
                     TopicError::PartialWildcard(i)
                 } else {
                     TopicError::WildcardInTopic
                 });
             }
-            if !allowed(c) {
+            if !allowed(b) {
+                // Every byte before this one was ASCII: this is a character boundary.
+                let c = name[at + j..].chars().next().unwrap_or('\u{fffd}');
                 return Err(TopicError::BadChar(i, c));
             }
         }
@@ -380,5 +389,65 @@ mod tests {
         assert!(!covers("a/b", "a/+"));
         assert!(!covers("a", "a/#"));
         assert!(covers("$sys/#", "$sys/x"));
+    }
+
+    /// The checker as it was written before the one-pass version: by `str::split`
+    /// and `chars`, the reference the property below holds [`check`] to.
+    fn check_by_chars(name: &str, filter: bool) -> Result<(), TopicError> {
+        if name.is_empty() {
+            return Err(TopicError::Empty);
+        }
+        if name.len() > MAX_TOPIC_LEN {
+            return Err(TopicError::TooLong);
+        }
+        let depth = name.split('/').count();
+        if depth > MAX_DEPTH {
+            return Err(TopicError::TooDeep);
+        }
+        for (i, level) in name.split('/').enumerate() {
+            if level.is_empty() {
+                return Err(TopicError::EmptyLevel(i));
+            }
+            if level.len() > MAX_LEVEL_LEN {
+                return Err(TopicError::LevelTooLong(i));
+            }
+            if level == "+" || level == "#" {
+                if !filter {
+                    return Err(TopicError::WildcardInTopic);
+                }
+                if level == "#" && i + 1 != depth {
+                    return Err(TopicError::HashNotLast);
+                }
+                continue;
+            }
+            for (j, c) in level.chars().enumerate() {
+                if c == '$' && i == 0 && j == 0 {
+                    continue;
+                }
+                if c == '+' || c == '#' {
+                    return Err(if filter {
+                        TopicError::PartialWildcard(i)
+                    } else {
+                        TopicError::WildcardInTopic
+                    });
+                }
+                if !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@')) {
+                    return Err(TopicError::BadChar(i, c));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5000))]
+
+        #[test]
+        fn one_pass_check_agrees_with_the_reference(
+            name in "([a-c$+#/é.@ \\x00-]|[a-z]{60,70}){0,12}",
+            filter: bool,
+        ) {
+            proptest::prop_assert_eq!(check(&name, filter), check_by_chars(&name, filter));
+        }
     }
 }
