@@ -502,6 +502,9 @@ fn from_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, rmp_serde::dec
 /// [`DecodeError`] telling garbage, an unknown `t` and a malformed known message apart.
 pub fn decode_client(body: &[u8]) -> Result<ClientMsg, DecodeError> {
     if leading_tag(body) == Some("pub") {
+        if let Some(p) = read_pub(body) {
+            return Ok(p);
+        }
         if let Ok(p) = from_body::<PubWire>(body) {
             return Ok(p.into());
         }
@@ -563,6 +566,143 @@ fn leading_tag(body: &[u8]) -> Option<&str> {
     rmp::decode::read_str_from_slice(rest)
         .ok()
         .map(|(tag, _)| tag)
+}
+
+/// Reads a `pub` with MessagePack's primitives, for the common shape only: string
+/// keys, each field once, no key it does not know, values within the nesting limit
+/// and their strings valid UTF-8. Anything else is `None`, for serde to decide.
+fn read_pub(body: &[u8]) -> Option<ClientMsg> {
+    use rmp::decode::{read_bool, read_int, read_map_len, read_nil, read_str_from_slice};
+    let mut rd = body;
+    let n = read_map_len(&mut rd).ok()?;
+    let (mut t, mut topic, mut value) = (false, None, None);
+    let (mut retain, mut id, mut quality) = (None, None, None);
+    for _ in 0..n {
+        let (key, rest) = read_str_from_slice(rd).ok()?;
+        rd = rest;
+        let nil = rd.first() == Some(&0xc0);
+        match key {
+            "t" if !t => {
+                let (tag, rest) = read_str_from_slice(rd).ok()?;
+                (tag == "pub").then_some(())?;
+                (t, rd) = (true, rest);
+            }
+            "topic" if topic.is_none() => {
+                let (s, rest) = read_str_from_slice(rd).ok()?;
+                (topic, rd) = (Some(s.to_owned()), rest);
+            }
+            "value" if value.is_none() => {
+                let v = rmpv::decode::read_value_with_max_depth(&mut rd, MAX_NESTING - 2).ok()?;
+                value = Some(utf8_only(&v).then_some(v)?);
+            }
+            "retain" if retain.is_none() => retain = Some(read_bool(&mut rd).ok()?),
+            "id" if id.is_none() && nil => id = Some(read_nil(&mut rd).ok().map(|_| None)?),
+            "id" if id.is_none() => id = Some(Some(read_int::<u64, _>(&mut rd).ok()?)),
+            "quality" if quality.is_none() && nil => {
+                quality = Some(read_nil(&mut rd).ok().map(|_| None)?);
+            }
+            "quality" if quality.is_none() => {
+                let (q, rest) = read_str_from_slice(rd).ok()?;
+                let q = match q {
+                    "ok" => Quality::Ok,
+                    "pending" => Quality::Pending,
+                    "stale" => Quality::Stale,
+                    "offline" => Quality::Offline,
+                    _ => return None,
+                };
+                (quality, rd) = (Some(Some(q)), rest);
+            }
+            _ => return None,
+        }
+    }
+    Some(ClientMsg::Pub {
+        topic: topic?,
+        value: value?,
+        retain: retain.unwrap_or(false),
+        id: id.flatten(),
+        quality: quality.flatten(),
+    })
+}
+
+/// Whether every string in `v` is valid UTF-8 (serde hands an invalid one over as
+/// bytes, which becomes a binary value; the fast path leaves those to it).
+fn utf8_only(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.is_str(),
+        Value::Array(a) => a.iter().all(utf8_only),
+        Value::Map(m) => m.iter().all(|(k, v)| utf8_only(k) && utf8_only(v)),
+        _ => true,
+    }
+}
+
+/// Appends an `update` frame with MessagePack's primitives: the bytes serde writes
+/// for [`UpdateRef`] (a unit test holds the two to the same bytes), without serde's
+/// per-field machinery, on the path every publish takes.
+pub fn encode_update(buf: &mut BytesMut, u: &UpdateRef<'_>) {
+    use rmp::encode::{write_bool, write_f64, write_map_len, write_str, write_uint};
+    let start = buf.len();
+    buf.put_u32(0);
+    let optional = [
+        u.quality.is_some(),
+        u.position.is_some(),
+        u.display.is_some(),
+        u.target.is_some(),
+        u.deadline.is_some(),
+    ];
+    let n = 6 + optional.iter().filter(|x| **x).count() as u32;
+    let mut w = buf.writer();
+    let written = (|| -> Result<(), Box<dyn std::error::Error>> {
+        write_map_len(&mut w, n)?;
+        write_str(&mut w, "t")?;
+        write_str(&mut w, "update")?;
+        write_str(&mut w, "seq")?;
+        write_uint(&mut w, u.seq.0)?;
+        write_str(&mut w, "topic")?;
+        write_str(&mut w, u.topic)?;
+        write_str(&mut w, "value")?;
+        rmpv::encode::write_value(&mut w, u.value)?;
+        write_str(&mut w, "time")?;
+        write_uint(&mut w, u.time)?;
+        write_str(&mut w, "retain")?;
+        write_bool(&mut w, u.retain)?;
+        if let Some(q) = u.quality {
+            write_str(&mut w, "quality")?;
+            write_str(&mut w, q.as_wire())?;
+        }
+        if let Some(p) = u.position {
+            write_str(&mut w, "position")?;
+            write_f64(&mut w, p)?;
+        }
+        if let Some(d) = u.display {
+            write_str(&mut w, "display")?;
+            write_str(&mut w, d)?;
+        }
+        if let Some(t) = u.target {
+            write_str(&mut w, "target")?;
+            rmpv::encode::write_value(&mut w, t)?;
+        }
+        if let Some(d) = u.deadline {
+            write_str(&mut w, "deadline")?;
+            write_uint(&mut w, d)?;
+        }
+        Ok(())
+    })();
+    let buf = w.into_inner();
+    if let Err(e) = written {
+        tracing::error!(error = %e, "encoding an update failed");
+        buf.truncate(start);
+        return;
+    }
+    let len = (buf.len() - start - LEN_PREFIX) as u32;
+    buf[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+}
+
+/// [`encode_update`] into `buf` (which should be empty), returned as `Bytes` as
+/// [`encode_frame`] does.
+pub fn encode_update_frame(buf: &mut BytesMut, u: &UpdateRef<'_>) -> Bytes {
+    buf.clear();
+    encode_update(buf, u);
+    buf.split().freeze()
 }
 
 /// `pub`'s fields, as [`ClientMsg::Pub`] declares them.

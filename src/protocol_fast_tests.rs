@@ -115,6 +115,7 @@ fn the_fast_path_takes_well_formed_messages() {
     };
     let f = frame(&p);
     assert_eq!(leading_tag(&f[LEN_PREFIX..]), Some("pub"));
+    assert_eq!(read_pub(&f[LEN_PREFIX..]), Some(p.clone()));
     assert!(from_body::<PubWire>(&f[LEN_PREFIX..]).is_ok());
     assert_eq!(decode_client(&f[LEN_PREFIX..]).unwrap(), p);
     let v = Value::from("x");
@@ -132,4 +133,92 @@ fn the_fast_path_takes_well_formed_messages() {
     });
     assert_eq!(leading_tag(&u[LEN_PREFIX..]), Some("update"));
     assert!(from_body::<UpdateWire>(&u[LEN_PREFIX..]).is_ok());
+}
+
+/// A value nested `depth` arrays deep.
+fn nested(depth: usize) -> Value {
+    (0..depth).fold(Value::from(1), |v, _| Value::Array(vec![v]))
+}
+
+#[test]
+fn values_near_the_nesting_limit_decode_as_the_tagged_decoder() {
+    for depth in 50..70 {
+        let body = &frame(&ClientMsg::Pub {
+            topic: "a".into(),
+            value: nested(depth),
+            retain: false,
+            id: None,
+            quality: None,
+        })[LEN_PREFIX..];
+        assert_eq!(
+            format!("{:?}", decode_client(body)),
+            format!("{:?}", decode_client_tagged(body)),
+            "depth {depth}"
+        );
+    }
+}
+
+#[test]
+fn a_string_that_is_not_utf8_decodes_as_the_tagged_decoder() {
+    // {t: "pub", topic: "a", value: [str "\xff", {str "\xfe": 1}]}
+    let mut body = Vec::new();
+    enc::write_map_len(&mut body, 3).unwrap();
+    for (k, v) in [("t", "pub"), ("topic", "a")] {
+        enc::write_str(&mut body, k).unwrap();
+        enc::write_str(&mut body, v).unwrap();
+    }
+    enc::write_str(&mut body, "value").unwrap();
+    enc::write_array_len(&mut body, 2).unwrap();
+    body.extend_from_slice(&[0xa1, 0xff, 0x81, 0xa1, 0xfe, 0x01]);
+    assert_eq!(read_pub(&body), None);
+    assert_eq!(
+        format!("{:?}", decode_client(&body)),
+        format!("{:?}", decode_client_tagged(&body))
+    );
+}
+
+fn any_quality() -> impl Strategy<Value = Option<Quality>> {
+    proptest::option::of(proptest::sample::select(
+        &[
+            Quality::Ok,
+            Quality::Pending,
+            Quality::Stale,
+            Quality::Offline,
+        ][..],
+    ))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The hand-written encoder writes exactly serde's bytes.
+    #[test]
+    fn update_encoder_writes_serdes_bytes(
+        seq: u64,
+        topic in "[a-z/]{1,12}",
+        value in any_value(),
+        time: u64,
+        retain: bool,
+        quality in any_quality(),
+        position in proptest::option::of(any::<f64>()),
+        display in proptest::option::of("[a-z é]{0,8}"),
+        target in proptest::option::of(any_value()),
+        deadline in proptest::option::of(any::<u64>()),
+    ) {
+        let u = UpdateRef {
+            seq: Seq(seq),
+            topic: &topic,
+            value: &value,
+            time,
+            retain,
+            quality,
+            position,
+            display: display.as_deref(),
+            target: target.as_ref(),
+            deadline,
+        };
+        let mut buf = BytesMut::new();
+        let fast = encode_update_frame(&mut buf, &u);
+        prop_assert_eq!(fast, frame(&u));
+    }
 }

@@ -33,8 +33,8 @@ use crate::auth::{Backoff, Grant};
 use crate::config::Config;
 use crate::model::Quality;
 use crate::protocol::{
-    encode_frame, frame, now_ms, BusMsg, ClientMsg, Epoch, ErrorCode, Resume, Role, Seq, SessionId,
-    UpdateRef,
+    encode_update_frame, frame, now_ms, BusMsg, ClientMsg, Epoch, ErrorCode, Resume, Role, Seq,
+    SessionId, UpdateRef,
 };
 use crate::topic::{Filter, Topic};
 use crate::value::Value;
@@ -271,7 +271,7 @@ impl Router {
                 }
             };
             self.seq.0 += 1;
-            let frame = encode_frame(
+            let frame = encode_update_frame(
                 &mut self.buf,
                 &UpdateRef {
                     seq: self.seq,
@@ -679,7 +679,7 @@ impl Router {
     ) -> Seq {
         self.seq.0 += 1;
         let seq = self.seq;
-        let frame = encode_frame(
+        let frame = encode_update_frame(
             &mut self.buf,
             &UpdateRef {
                 seq,
