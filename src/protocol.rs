@@ -501,7 +501,7 @@ fn from_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, rmp_serde::dec
 /// # Errors
 /// [`DecodeError`] telling garbage, an unknown `t` and a malformed known message apart.
 pub fn decode_client(body: &[u8]) -> Result<ClientMsg, DecodeError> {
-    if leading_tag(body) == Some("pub") {
+    if leading_tag(body) == Some(b"pub") {
         if let Some(p) = read_pub(body) {
             return Ok(p);
         }
@@ -525,7 +525,7 @@ pub fn decode_client_tagged(body: &[u8]) -> Result<ClientMsg, DecodeError> {
 /// # Errors
 /// [`DecodeError`] as for [`decode_client`].
 pub fn decode_bus(body: &[u8]) -> Result<BusMsg, DecodeError> {
-    if leading_tag(body) == Some("update") {
+    if leading_tag(body) == Some(b"update") {
         if let Ok(u) = from_body::<UpdateWire>(body) {
             return Ok(BusMsg::Update(u.into()));
         }
@@ -554,60 +554,83 @@ pub fn decode_bus_tagged(body: &[u8]) -> Result<BusMsg, DecodeError> {
 // accepts) means the same in both.
 
 /// The value of `t` when it is the body's first key.
-fn leading_tag(body: &[u8]) -> Option<&str> {
+fn leading_tag(body: &[u8]) -> Option<&[u8]> {
     let mut rd = body;
     if rmp::decode::read_map_len(&mut rd).ok()? == 0 {
         return None;
     }
-    let (key, rest) = rmp::decode::read_str_from_slice(rd).ok()?;
-    if key != "t" {
+    let (key, rest) = raw_str(rd)?;
+    if key != b"t" {
         return None;
     }
-    rmp::decode::read_str_from_slice(rest)
-        .ok()
-        .map(|(tag, _)| tag)
+    raw_str(rest).map(|(tag, _)| tag)
+}
+
+/// A MessagePack string's bytes (not checked for UTF-8) and what follows it.
+fn raw_str(rd: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (&m, rest) = rd.split_first()?;
+    let (len, rest) = match m {
+        0xa0..=0xbf => (usize::from(m & 0x1f), rest),
+        0xd9 => (usize::from(*rest.first()?), &rest[1..]),
+        0xda => (
+            usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)),
+            &rest[2..],
+        ),
+        0xdb => (
+            u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize,
+            &rest[4..],
+        ),
+        _ => return None,
+    };
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// A MessagePack string that is valid UTF-8, and what follows it.
+fn utf8_str(rd: &[u8]) -> Option<(&str, &[u8])> {
+    let (b, rest) = raw_str(rd)?;
+    Some((std::str::from_utf8(b).ok()?, rest))
 }
 
 /// Reads a `pub` with MessagePack's primitives, for the common shape only: string
 /// keys, each field once, no key it does not know, values within the nesting limit
 /// and their strings valid UTF-8. Anything else is `None`, for serde to decide.
 fn read_pub(body: &[u8]) -> Option<ClientMsg> {
-    use rmp::decode::{read_bool, read_int, read_map_len, read_nil, read_str_from_slice};
+    use rmp::decode::{read_bool, read_int, read_map_len, read_nil};
     let mut rd = body;
     let n = read_map_len(&mut rd).ok()?;
     let (mut t, mut topic, mut value) = (false, None, None);
     let (mut retain, mut id, mut quality) = (None, None, None);
     for _ in 0..n {
-        let (key, rest) = read_str_from_slice(rd).ok()?;
+        let (key, rest) = raw_str(rd)?;
         rd = rest;
         let nil = rd.first() == Some(&0xc0);
         match key {
-            "t" if !t => {
-                let (tag, rest) = read_str_from_slice(rd).ok()?;
-                (tag == "pub").then_some(())?;
+            b"t" if !t => {
+                let (tag, rest) = raw_str(rd)?;
+                (tag == b"pub").then_some(())?;
                 (t, rd) = (true, rest);
             }
-            "topic" if topic.is_none() => {
-                let (s, rest) = read_str_from_slice(rd).ok()?;
+            b"topic" if topic.is_none() => {
+                let (s, rest) = utf8_str(rd)?;
                 (topic, rd) = (Some(s.to_owned()), rest);
             }
-            "value" if value.is_none() => {
+            b"value" if value.is_none() => {
                 let v = rmpv::decode::read_value_with_max_depth(&mut rd, MAX_NESTING - 2).ok()?;
                 value = Some(utf8_only(&v).then_some(v)?);
             }
-            "retain" if retain.is_none() => retain = Some(read_bool(&mut rd).ok()?),
-            "id" if id.is_none() && nil => id = Some(read_nil(&mut rd).ok().map(|_| None)?),
-            "id" if id.is_none() => id = Some(Some(read_int::<u64, _>(&mut rd).ok()?)),
-            "quality" if quality.is_none() && nil => {
+            b"retain" if retain.is_none() => retain = Some(read_bool(&mut rd).ok()?),
+            b"id" if id.is_none() && nil => id = Some(read_nil(&mut rd).ok().map(|_| None)?),
+            b"id" if id.is_none() => id = Some(Some(read_int::<u64, _>(&mut rd).ok()?)),
+            b"quality" if quality.is_none() && nil => {
                 quality = Some(read_nil(&mut rd).ok().map(|_| None)?);
             }
-            "quality" if quality.is_none() => {
-                let (q, rest) = read_str_from_slice(rd).ok()?;
+            b"quality" if quality.is_none() => {
+                let (q, rest) = raw_str(rd)?;
                 let q = match q {
-                    "ok" => Quality::Ok,
-                    "pending" => Quality::Pending,
-                    "stale" => Quality::Stale,
-                    "offline" => Quality::Offline,
+                    b"ok" => Quality::Ok,
+                    b"pending" => Quality::Pending,
+                    b"stale" => Quality::Stale,
+                    b"offline" => Quality::Offline,
                     _ => return None,
                 };
                 (quality, rd) = (Some(Some(q)), rest);
@@ -639,7 +662,6 @@ fn utf8_only(v: &Value) -> bool {
 /// for [`UpdateRef`] (a unit test holds the two to the same bytes), without serde's
 /// per-field machinery, on the path every publish takes.
 pub fn encode_update(buf: &mut BytesMut, u: &UpdateRef<'_>) {
-    use rmp::encode::{write_bool, write_f64, write_map_len, write_str, write_uint};
     let start = buf.len();
     buf.put_u32(0);
     let optional = [
@@ -649,52 +671,89 @@ pub fn encode_update(buf: &mut BytesMut, u: &UpdateRef<'_>) {
         u.target.is_some(),
         u.deadline.is_some(),
     ];
-    let n = 6 + optional.iter().filter(|x| **x).count() as u32;
-    let mut w = buf.writer();
-    let written = (|| -> Result<(), Box<dyn std::error::Error>> {
-        write_map_len(&mut w, n)?;
-        write_str(&mut w, "t")?;
-        write_str(&mut w, "update")?;
-        write_str(&mut w, "seq")?;
-        write_uint(&mut w, u.seq.0)?;
-        write_str(&mut w, "topic")?;
-        write_str(&mut w, u.topic)?;
-        write_str(&mut w, "value")?;
-        rmpv::encode::write_value(&mut w, u.value)?;
-        write_str(&mut w, "time")?;
-        write_uint(&mut w, u.time)?;
-        write_str(&mut w, "retain")?;
-        write_bool(&mut w, u.retain)?;
-        if let Some(q) = u.quality {
-            write_str(&mut w, "quality")?;
-            write_str(&mut w, q.as_wire())?;
-        }
-        if let Some(p) = u.position {
-            write_str(&mut w, "position")?;
-            write_f64(&mut w, p)?;
-        }
-        if let Some(d) = u.display {
-            write_str(&mut w, "display")?;
-            write_str(&mut w, d)?;
-        }
-        if let Some(t) = u.target {
-            write_str(&mut w, "target")?;
-            rmpv::encode::write_value(&mut w, t)?;
-        }
-        if let Some(d) = u.deadline {
-            write_str(&mut w, "deadline")?;
-            write_uint(&mut w, d)?;
-        }
-        Ok(())
-    })();
-    let buf = w.into_inner();
-    if let Err(e) = written {
-        tracing::error!(error = %e, "encoding an update failed");
+    // A fixmap: at most 11 entries.
+    buf.put_u8(0x80 | (6 + optional.iter().filter(|x| **x).count() as u8));
+    buf.put_slice(b"\xa1t\xa6update\xa3seq");
+    put_uint(buf, u.seq.0);
+    buf.put_slice(b"\xa5topic");
+    put_str(buf, u.topic);
+    buf.put_slice(b"\xa5value");
+    let mut ok = put_value(buf, u.value);
+    buf.put_slice(b"\xa4time");
+    put_uint(buf, u.time);
+    buf.put_slice(b"\xa6retain");
+    buf.put_u8(if u.retain { 0xc3 } else { 0xc2 });
+    if let Some(q) = u.quality {
+        buf.put_slice(b"\xa7quality");
+        put_str(buf, q.as_wire());
+    }
+    if let Some(p) = u.position {
+        buf.put_slice(b"\xa8position\xcb");
+        buf.put_f64(p);
+    }
+    if let Some(d) = u.display {
+        buf.put_slice(b"\xa7display");
+        put_str(buf, d);
+    }
+    if let Some(t) = u.target {
+        buf.put_slice(b"\xa6target");
+        ok &= put_value(buf, t);
+    }
+    if let Some(d) = u.deadline {
+        buf.put_slice(b"\xa8deadline");
+        put_uint(buf, d);
+    }
+    if !ok {
+        tracing::error!("encoding an update failed");
         buf.truncate(start);
         return;
     }
     let len = (buf.len() - start - LEN_PREFIX) as u32;
     buf[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+}
+
+/// An unsigned integer in its shortest MessagePack form (as serde writes a `u64`).
+fn put_uint(buf: &mut BytesMut, v: u64) {
+    match v {
+        0..=0x7f => buf.put_u8(v as u8),
+        0x80..=0xff => buf.put_slice(&[0xcc, v as u8]),
+        0x100..=0xffff => {
+            buf.put_u8(0xcd);
+            buf.put_u16(v as u16);
+        }
+        0x1_0000..=0xffff_ffff => {
+            buf.put_u8(0xce);
+            buf.put_u32(v as u32);
+        }
+        _ => {
+            buf.put_u8(0xcf);
+            buf.put_u64(v);
+        }
+    }
+}
+
+/// A string: its shortest header, then its bytes.
+fn put_str(buf: &mut BytesMut, s: &str) {
+    let n = s.len();
+    match n {
+        0..=31 => buf.put_u8(0xa0 | n as u8),
+        32..=0xff => buf.put_slice(&[0xd9, n as u8]),
+        0x100..=0xffff => {
+            buf.put_u8(0xda);
+            buf.put_u16(n as u16);
+        }
+        _ => {
+            buf.put_u8(0xdb);
+            buf.put_u32(n as u32);
+        }
+    }
+    buf.put_slice(s.as_bytes());
+}
+
+/// A value, through rmpv's encoder.
+fn put_value(buf: &mut BytesMut, v: &Value) -> bool {
+    let mut w = buf.writer();
+    rmpv::encode::write_value(&mut w, v).is_ok()
 }
 
 /// [`encode_update`] into `buf` (which should be empty), returned as `Bytes` as
