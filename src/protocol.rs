@@ -615,8 +615,8 @@ fn read_pub(body: &[u8]) -> Option<ClientMsg> {
                 (topic, rd) = (Some(s.to_owned()), rest);
             }
             b"value" if value.is_none() => {
-                let v = rmpv::decode::read_value_with_max_depth(&mut rd, MAX_NESTING - 2).ok()?;
-                value = Some(utf8_only(&v).then_some(v)?);
+                let (v, rest) = read_value(rd)?;
+                (value, rd) = (Some(v), rest);
             }
             b"retain" if retain.is_none() => retain = Some(read_bool(&mut rd).ok()?),
             b"id" if id.is_none() && nil => id = Some(read_nil(&mut rd).ok().map(|_| None)?),
@@ -645,6 +645,36 @@ fn read_pub(body: &[u8]) -> Option<ClientMsg> {
         id: id.flatten(),
         quality: quality.flatten(),
     })
+}
+
+/// A value: bytes and strings (the usual payloads) read here, since rmpv copies
+/// them through `io::Read`; anything else through rmpv, within the nesting limit.
+fn read_value(rd: &[u8]) -> Option<(Value, &[u8])> {
+    fn bin(len: usize, rest: &[u8]) -> Option<(Value, &[u8])> {
+        let (b, rest) = (rest.len() >= len).then(|| rest.split_at(len))?;
+        Some((Value::Binary(b.to_vec()), rest))
+    }
+    let (&m, rest) = rd.split_first()?;
+    match m {
+        0xc4 => bin(usize::from(*rest.first()?), &rest[1..]),
+        0xc5 => bin(
+            usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)),
+            &rest[2..],
+        ),
+        0xc6 => bin(
+            u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize,
+            &rest[4..],
+        ),
+        0xa0..=0xbf | 0xd9..=0xdb => {
+            let (s, rest) = utf8_str(rd)?;
+            Some((Value::from(s), rest))
+        }
+        _ => {
+            let mut r = rd;
+            let v = rmpv::decode::read_value_with_max_depth(&mut r, MAX_NESTING - 2).ok()?;
+            utf8_only(&v).then_some((v, r))
+        }
+    }
 }
 
 /// Whether every string in `v` is valid UTF-8 (serde hands an invalid one over as

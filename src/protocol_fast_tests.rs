@@ -19,6 +19,8 @@ fn any_value() -> impl Strategy<Value = Value> {
         any::<f64>().prop_map(Value::F64),
         "[a-z/]{0,6}".prop_map(Value::from),
         proptest::collection::vec(any::<u8>(), 0..4).prop_map(Value::Binary),
+        proptest::collection::vec(any::<u8>(), 250..300).prop_map(Value::Binary),
+        "[a-z]{30,40}".prop_map(Value::from),
         (any::<i8>(), proptest::collection::vec(any::<u8>(), 0..4))
             .prop_map(|(t, d)| Value::Ext(t, d)),
     ];
