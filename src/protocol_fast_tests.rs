@@ -229,3 +229,20 @@ proptest! {
         prop_assert_eq!(fast, frame(&u));
     }
 }
+
+#[test]
+fn bytes_after_the_map_are_treated_as_the_tagged_decoder_treats_them() {
+    let p = ClientMsg::Pub {
+        topic: "a/b".into(),
+        value: Value::Binary(vec![1, 2, 3]),
+        retain: false,
+        id: None,
+        quality: Some(Quality::Stale),
+    };
+    let mut body = frame(&p)[LEN_PREFIX..].to_vec();
+    body.extend_from_slice(&[0xc0, 0x01]);
+    assert_eq!(
+        format!("{:?}", decode_client(&body)),
+        format!("{:?}", decode_client_tagged(&body))
+    );
+}
