@@ -505,9 +505,6 @@ pub fn decode_client(body: &[u8]) -> Result<ClientMsg, DecodeError> {
         if let Some(p) = read_pub(body) {
             return Ok(p);
         }
-        if let Ok(p) = from_body::<PubWire>(body) {
-            return Ok(p.into());
-        }
     }
     decode_client_tagged(body)
 }
@@ -526,8 +523,8 @@ pub fn decode_client_tagged(body: &[u8]) -> Result<ClientMsg, DecodeError> {
 /// [`DecodeError`] as for [`decode_client`].
 pub fn decode_bus(body: &[u8]) -> Result<BusMsg, DecodeError> {
     if leading_tag(body) == Some(b"update") {
-        if let Ok(u) = from_body::<UpdateWire>(body) {
-            return Ok(BusMsg::Update(u.into()));
+        if let Some(u) = read_update(body) {
+            return Ok(BusMsg::Update(u));
         }
     }
     decode_bus_tagged(body)
@@ -546,12 +543,12 @@ pub fn decode_bus_tagged(body: &[u8]) -> Result<BusMsg, DecodeError> {
 // a sixth of the bus's instructions per routed message. Every encoder writes `t`
 // first (serde's, ours, the JavaScript and Python clients'), so when the first key
 // is `t` and names `pub` (from a client) or `update` (from the bus), the body is
-// decoded straight into a struct of that message's fields, which ignores the `t`
-// it has already seen. Anything the fast path does not take — `t` not first, a
-// malformed field, a second `t` — goes through the tagged decoder, which gives the
-// same result or the canonical error. The structs list their fields in the
-// variant's order with `t` last, so that a map keyed by field index (which serde
-// accepts) means the same in both.
+// read field by field with MessagePack's primitives — for the common shape only:
+// string keys, each field once, no unknown key, each field in its usual type.
+// Anything else (an integer key, an unknown key, a second `t`, a quality written as
+// a number, ...) goes through the tagged decoder, which gives the same result or
+// the canonical error. Property tests and the `frame` fuzz target hold the two to
+// the same answers.
 
 /// The value of `t` when it is the body's first key.
 fn leading_tag(body: &[u8]) -> Option<&[u8]> {
@@ -595,15 +592,13 @@ fn utf8_str(rd: &[u8]) -> Option<(&str, &[u8])> {
 /// keys, each field once, no key it does not know, values within the nesting limit
 /// and their strings valid UTF-8. Anything else is `None`, for serde to decide.
 fn read_pub(body: &[u8]) -> Option<ClientMsg> {
-    use rmp::decode::{read_bool, read_int, read_map_len, read_nil};
     let mut rd = body;
-    let n = read_map_len(&mut rd).ok()?;
+    let n = rmp::decode::read_map_len(&mut rd).ok()?;
     let (mut t, mut topic, mut value) = (false, None, None);
     let (mut retain, mut id, mut quality) = (None, None, None);
     for _ in 0..n {
         let (key, rest) = raw_str(rd)?;
         rd = rest;
-        let nil = rd.first() == Some(&0xc0);
         match key {
             b"t" if !t => {
                 let (tag, rest) = raw_str(rd)?;
@@ -614,27 +609,10 @@ fn read_pub(body: &[u8]) -> Option<ClientMsg> {
                 let (s, rest) = utf8_str(rd)?;
                 (topic, rd) = (Some(s.to_owned()), rest);
             }
-            b"value" if value.is_none() => {
-                let (v, rest) = read_value(rd)?;
-                (value, rd) = (Some(v), rest);
-            }
-            b"retain" if retain.is_none() => retain = Some(read_bool(&mut rd).ok()?),
-            b"id" if id.is_none() && nil => id = Some(read_nil(&mut rd).ok().map(|_| None)?),
-            b"id" if id.is_none() => id = Some(Some(read_int::<u64, _>(&mut rd).ok()?)),
-            b"quality" if quality.is_none() && nil => {
-                quality = Some(read_nil(&mut rd).ok().map(|_| None)?);
-            }
-            b"quality" if quality.is_none() => {
-                let (q, rest) = raw_str(rd)?;
-                let q = match q {
-                    b"ok" => Quality::Ok,
-                    b"pending" => Quality::Pending,
-                    b"stale" => Quality::Stale,
-                    b"offline" => Quality::Offline,
-                    _ => return None,
-                };
-                (quality, rd) = (Some(Some(q)), rest);
-            }
+            b"value" if value.is_none() => (value, rd) = some(read_value(rd)?),
+            b"retain" if retain.is_none() => (retain, rd) = some(read_bool(rd)?),
+            b"id" if id.is_none() => (id, rd) = some(or_nil(rd, read_u64)?),
+            b"quality" if quality.is_none() => (quality, rd) = some(or_nil(rd, read_quality)?),
             _ => return None,
         }
     }
@@ -645,6 +623,131 @@ fn read_pub(body: &[u8]) -> Option<ClientMsg> {
         id: id.flatten(),
         quality: quality.flatten(),
     })
+}
+
+/// Reads an `update` as [`read_pub`] reads a `pub` (the client's side of every
+/// delivery).
+fn read_update(body: &[u8]) -> Option<Update> {
+    let mut rd = body;
+    let n = rmp::decode::read_map_len(&mut rd).ok()?;
+    let mut t = false;
+    let (mut seq, mut topic, mut value, mut time, mut retain) = (None, None, None, None, None);
+    let (mut quality, mut position, mut display) = (None, None, None);
+    let (mut target, mut deadline) = (None, None);
+    for _ in 0..n {
+        let (key, rest) = raw_str(rd)?;
+        rd = rest;
+        match key {
+            b"t" if !t => {
+                let (tag, rest) = raw_str(rd)?;
+                (tag == b"update").then_some(())?;
+                (t, rd) = (true, rest);
+            }
+            b"seq" if seq.is_none() => (seq, rd) = some(read_u64(rd)?),
+            b"topic" if topic.is_none() => {
+                let (s, rest) = utf8_str(rd)?;
+                (topic, rd) = (Some(s.to_owned()), rest);
+            }
+            b"value" if value.is_none() => (value, rd) = some(read_value(rd)?),
+            b"time" if time.is_none() => (time, rd) = some(read_u64(rd)?),
+            b"retain" if retain.is_none() => (retain, rd) = some(read_bool(rd)?),
+            b"quality" if quality.is_none() => (quality, rd) = some(or_nil(rd, read_quality)?),
+            b"position" if position.is_none() => (position, rd) = some(or_nil(rd, read_float)?),
+            b"display" if display.is_none() => {
+                (display, rd) = some(or_nil(rd, |r| {
+                    utf8_str(r).map(|(s, rest)| (s.to_owned(), rest))
+                })?);
+            }
+            b"target" if target.is_none() => (target, rd) = some(or_nil(rd, read_value)?),
+            b"deadline" if deadline.is_none() => (deadline, rd) = some(or_nil(rd, read_u64)?),
+            _ => return None,
+        }
+    }
+    Some(Update {
+        seq: Seq(seq?),
+        topic: topic?,
+        value: value?,
+        time: time?,
+        retain: retain?,
+        quality: quality.flatten(),
+        position: position.flatten(),
+        display: display.flatten(),
+        target: target.flatten(),
+        deadline: deadline.flatten(),
+    })
+}
+
+/// A field read, wrapped for the "seen" slot it fills.
+fn some<T>((v, rest): (T, &[u8])) -> (Option<T>, &[u8]) {
+    (Some(v), rest)
+}
+
+/// `nil` as `None`, or the value `read` takes.
+fn or_nil<'a, T>(
+    rd: &'a [u8],
+    read: impl FnOnce(&'a [u8]) -> Option<(T, &'a [u8])>,
+) -> Option<(Option<T>, &'a [u8])> {
+    match rd.split_first()? {
+        (0xc0, rest) => Some((None, rest)),
+        _ => read(rd).map(|(v, rest)| (Some(v), rest)),
+    }
+}
+
+fn read_bool(rd: &[u8]) -> Option<(bool, &[u8])> {
+    match rd.split_first()? {
+        (0xc2, rest) => Some((false, rest)),
+        (0xc3, rest) => Some((true, rest)),
+        _ => None,
+    }
+}
+
+/// An unsigned integer in any width (negative ones are left to serde's error).
+fn read_u64(rd: &[u8]) -> Option<(u64, &[u8])> {
+    let (&m, rest) = rd.split_first()?;
+    let be = |n: usize| -> Option<(u64, &[u8])> {
+        let b = rest.get(..n)?;
+        Some((
+            b.iter().fold(0u64, |v, x| v << 8 | u64::from(*x)),
+            &rest[n..],
+        ))
+    };
+    match m {
+        0x00..=0x7f => Some((u64::from(m), rest)),
+        0xcc => be(1),
+        0xcd => be(2),
+        0xce => be(4),
+        0xcf => be(8),
+        _ => None,
+    }
+}
+
+/// A float written as float 32 or 64 (integers are left to serde).
+fn read_float(rd: &[u8]) -> Option<(f64, &[u8])> {
+    let (&m, rest) = rd.split_first()?;
+    match m {
+        0xca => Some((
+            f64::from(f32::from_be_bytes(rest.get(..4)?.try_into().ok()?)),
+            &rest[4..],
+        )),
+        0xcb => Some((
+            f64::from_be_bytes(rest.get(..8)?.try_into().ok()?),
+            &rest[8..],
+        )),
+        _ => None,
+    }
+}
+
+/// A quality written as its name.
+fn read_quality(rd: &[u8]) -> Option<(Quality, &[u8])> {
+    let (q, rest) = raw_str(rd)?;
+    let q = match q {
+        b"ok" => Quality::Ok,
+        b"pending" => Quality::Pending,
+        b"stale" => Quality::Stale,
+        b"offline" => Quality::Offline,
+        _ => return None,
+    };
+    Some((q, rest))
 }
 
 /// A value: bytes and strings (the usual payloads) read here, since rmpv copies
@@ -792,72 +895,6 @@ pub fn encode_update_frame(buf: &mut BytesMut, u: &UpdateRef<'_>) -> Bytes {
     buf.clear();
     encode_update(buf, u);
     buf.split().freeze()
-}
-
-/// `pub`'s fields, as [`ClientMsg::Pub`] declares them.
-#[derive(Deserialize)]
-struct PubWire {
-    topic: String,
-    value: Value,
-    #[serde(default)]
-    retain: bool,
-    #[serde(default)]
-    id: Option<u64>,
-    #[serde(default)]
-    quality: Option<Quality>,
-    #[allow(dead_code)]
-    t: serde::de::IgnoredAny,
-}
-
-impl From<PubWire> for ClientMsg {
-    fn from(p: PubWire) -> ClientMsg {
-        ClientMsg::Pub {
-            topic: p.topic,
-            value: p.value,
-            retain: p.retain,
-            id: p.id,
-            quality: p.quality,
-        }
-    }
-}
-
-/// `update`'s fields, as [`Update`] declares them.
-#[derive(Deserialize)]
-struct UpdateWire {
-    seq: Seq,
-    topic: String,
-    value: Value,
-    time: u64,
-    retain: bool,
-    #[serde(default)]
-    quality: Option<Quality>,
-    #[serde(default)]
-    position: Option<f64>,
-    #[serde(default)]
-    display: Option<String>,
-    #[serde(default)]
-    target: Option<Value>,
-    #[serde(default)]
-    deadline: Option<u64>,
-    #[allow(dead_code)]
-    t: serde::de::IgnoredAny,
-}
-
-impl From<UpdateWire> for Update {
-    fn from(u: UpdateWire) -> Update {
-        Update {
-            seq: u.seq,
-            topic: u.topic,
-            value: u.value,
-            time: u.time,
-            retain: u.retain,
-            quality: u.quality,
-            position: u.position,
-            display: u.display,
-            target: u.target,
-            deadline: u.deadline,
-        }
-    }
 }
 
 fn classify(body: &[u8], e: rmp_serde::decode::Error, known: &[&str]) -> DecodeError {
