@@ -8,11 +8,15 @@
 //! Bounds: the kernel queue holds at most [`QUEUE_MAX`] packets awaiting a verdict,
 //! those held here included; past that the kernel drops new ones (as a full netem
 //! queue would), so this thread's heap never holds more than that.
+//!
+//! The thread waits in `ppoll` on the queue's socket (a packet arrived), an eventfd
+//! (stop) and the due time of the earliest packet it holds, never on a fixed tick.
 
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -22,9 +26,10 @@ use super::netns::{Host, HOST_IF};
 const QUEUE_MAX: u32 = 4096;
 /// The queue number (namespaces have their own numbers).
 const QUEUE_NUM: u16 = 0;
-/// The longest the thread naps between looks at its queue: the arrival of a packet
-/// is noticed within this (the `nfq` crate offers no descriptor to poll).
-const TICK: Duration = Duration::from_millis(1);
+/// `NETLINK_NETFILTER`, the protocol of a queue's socket.
+const NETLINK_NETFILTER: libc::c_int = 12;
+/// Held while a queue is opened, so that the one new netfilter socket is its own.
+static OPENING: Mutex<()> = Mutex::new(());
 
 /// What to do to a link's packets (each direction on its own).
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +57,8 @@ pub struct Counts {
 pub struct Netem {
     counts: Arc<Counts>,
     stop: Arc<AtomicBool>,
+    /// Written once on stop, to wake the thread.
+    wake: Arc<OwnedFd>,
     thread: Option<JoinHandle<io::Result<()>>>,
     ns: String,
 }
@@ -97,15 +104,20 @@ impl Netem {
     pub fn start(host: &Host, imp: Impairment, seed: u64) -> io::Result<Netem> {
         let counts = Arc::new(Counts::default());
         let stop = Arc::new(AtomicBool::new(false));
+        // SAFETY: a new descriptor, owned from here on.
+        let wake = match unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) } {
+            -1 => return Err(io::Error::last_os_error()),
+            fd => Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
+        };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = {
-            let (counts, stop) = (counts.clone(), stop.clone());
+            let (counts, stop, wake) = (counts.clone(), stop.clone(), wake.clone());
             let path = format!("/run/netns/{}", host.ns.name());
             std::thread::Builder::new()
                 .name("netem".into())
                 .spawn(move || -> io::Result<()> {
                     let queue = open_in(&path);
-                    let mut queue = match queue {
+                    let (mut queue, fd) = match queue {
                         Ok(q) => {
                             let _ = ready_tx.send(Ok(()));
                             q
@@ -115,7 +127,8 @@ impl Netem {
                             return Err(e);
                         }
                     };
-                    pump(&mut queue, imp, seed, &counts, &stop)
+                    let fds = [fd, wake.as_raw_fd()];
+                    pump(&mut queue, fds, imp, seed, &counts, &stop)
                 })?
         };
         ready_rx
@@ -141,6 +154,7 @@ impl Netem {
         Ok(Netem {
             counts,
             stop,
+            wake,
             thread: Some(thread),
             ns: host.ns.name().to_string(),
         })
@@ -180,6 +194,9 @@ impl Netem {
             result = result.and(r);
         }
         self.stop.store(true, Ordering::SeqCst);
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
         if let Some(t) = self.thread.take() {
             let r = t
                 .join()
@@ -198,24 +215,62 @@ impl Drop for Netem {
     }
 }
 
-/// Opens and binds the queue from inside the namespace at `path`.
-fn open_in(path: &str) -> io::Result<nfq::Queue> {
+/// This process's netfilter netlink sockets (only queues open them here).
+fn netfilter_sockets() -> io::Result<HashSet<RawFd>> {
+    let opt = |fd: RawFd, name: libc::c_int| {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: reads one int into `v`; a descriptor that is not a socket fails.
+        let r = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, name, (&raw mut v).cast(), &mut len)
+        };
+        (r == 0).then_some(v)
+    };
+    let mut out = HashSet::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Ok(fd) = entry?.file_name().to_string_lossy().parse::<RawFd>() else {
+            continue;
+        };
+        if opt(fd, libc::SO_DOMAIN) == Some(libc::AF_NETLINK)
+            && opt(fd, libc::SO_PROTOCOL) == Some(NETLINK_NETFILTER)
+        {
+            out.insert(fd);
+        }
+    }
+    Ok(out)
+}
+
+/// Opens and binds the queue from inside the namespace at `path`, with the
+/// descriptor of its socket (the `nfq` crate does not expose it; it is the one
+/// netfilter socket that appears while the queue opens).
+fn open_in(path: &str) -> io::Result<(nfq::Queue, RawFd)> {
     let file = std::fs::File::open(path)?;
     // SAFETY: changes only this (our own) thread's network namespace.
-    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) } != 0 {
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut q = nfq::Queue::open()?;
+    let (mut q, fd) = {
+        let _one_at_a_time = OPENING.lock().unwrap_or_else(|p| p.into_inner());
+        let before = netfilter_sockets()?;
+        let q = nfq::Queue::open()?;
+        let new: Vec<RawFd> = netfilter_sockets()?.difference(&before).copied().collect();
+        match new[..] {
+            [fd] => (q, fd),
+            _ => return Err(io::Error::other("cannot tell the queue's socket")),
+        }
+    };
     q.bind(QUEUE_NUM)?;
     // Only the verdict matters: copy no payload.
     q.set_copy_range(QUEUE_NUM, 0)?;
     q.set_queue_max_len(QUEUE_NUM, QUEUE_MAX)?;
     q.set_nonblocking(true);
-    Ok(q)
+    Ok((q, fd))
 }
 
+/// Serves the queue until `stop`; `fds`: the queue's socket and the stop eventfd.
 fn pump(
     q: &mut nfq::Queue,
+    fds: [RawFd; 2],
     imp: Impairment,
     seed: u64,
     counts: &Counts,
@@ -269,9 +324,25 @@ fn pump(
             let _ = q.unbind(QUEUE_NUM);
             return Ok(());
         }
-        let nap = held
-            .peek()
-            .map_or(TICK, |h| h.due.saturating_duration_since(now).min(TICK));
-        std::thread::sleep(nap);
+        // Until a packet arrives, stop is asked, or the earliest held one is due.
+        let due = held.peek().map(|h| h.due.saturating_duration_since(now));
+        let ts = due.map(|d| libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
+        });
+        let mut pfds = fds.map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let timeout = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: two live pollfds, a live (or null) timeout, no signal mask change.
+        let r = unsafe { libc::ppoll(pfds.as_mut_ptr(), 2, timeout, std::ptr::null()) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 }
