@@ -600,15 +600,8 @@ fn read_pub(body: &[u8]) -> Option<ClientMsg> {
         let (key, rest) = raw_str(rd)?;
         rd = rest;
         match key {
-            b"t" if !t => {
-                let (tag, rest) = raw_str(rd)?;
-                (tag == b"pub").then_some(())?;
-                (t, rd) = (true, rest);
-            }
-            b"topic" if topic.is_none() => {
-                let (s, rest) = utf8_str(rd)?;
-                (topic, rd) = (Some(s.to_owned()), rest);
-            }
+            b"t" if !t => (t, rd) = (true, expect_str(rd, b"pub")?),
+            b"topic" if topic.is_none() => (topic, rd) = some(read_string(rd)?),
             b"value" if value.is_none() => (value, rd) = some(read_value(rd)?),
             b"retain" if retain.is_none() => (retain, rd) = some(read_bool(rd)?),
             b"id" if id.is_none() => (id, rd) = some(or_nil(rd, read_u64)?),
@@ -638,26 +631,15 @@ fn read_update(body: &[u8]) -> Option<Update> {
         let (key, rest) = raw_str(rd)?;
         rd = rest;
         match key {
-            b"t" if !t => {
-                let (tag, rest) = raw_str(rd)?;
-                (tag == b"update").then_some(())?;
-                (t, rd) = (true, rest);
-            }
+            b"t" if !t => (t, rd) = (true, expect_str(rd, b"update")?),
             b"seq" if seq.is_none() => (seq, rd) = some(read_u64(rd)?),
-            b"topic" if topic.is_none() => {
-                let (s, rest) = utf8_str(rd)?;
-                (topic, rd) = (Some(s.to_owned()), rest);
-            }
+            b"topic" if topic.is_none() => (topic, rd) = some(read_string(rd)?),
             b"value" if value.is_none() => (value, rd) = some(read_value(rd)?),
             b"time" if time.is_none() => (time, rd) = some(read_u64(rd)?),
             b"retain" if retain.is_none() => (retain, rd) = some(read_bool(rd)?),
             b"quality" if quality.is_none() => (quality, rd) = some(or_nil(rd, read_quality)?),
             b"position" if position.is_none() => (position, rd) = some(or_nil(rd, read_float)?),
-            b"display" if display.is_none() => {
-                (display, rd) = some(or_nil(rd, |r| {
-                    utf8_str(r).map(|(s, rest)| (s.to_owned(), rest))
-                })?);
-            }
+            b"display" if display.is_none() => (display, rd) = some(or_nil(rd, read_string)?),
             b"target" if target.is_none() => (target, rd) = some(or_nil(rd, read_value)?),
             b"deadline" if deadline.is_none() => (deadline, rd) = some(or_nil(rd, read_u64)?),
             _ => return None,
@@ -675,6 +657,17 @@ fn read_update(body: &[u8]) -> Option<Update> {
         target: target.flatten(),
         deadline: deadline.flatten(),
     })
+}
+
+/// What follows the string `want`, if that is what comes next.
+fn expect_str<'a>(rd: &'a [u8], want: &[u8]) -> Option<&'a [u8]> {
+    let (s, rest) = raw_str(rd)?;
+    (s == want).then_some(rest)
+}
+
+/// A UTF-8 string, owned.
+fn read_string(rd: &[u8]) -> Option<(String, &[u8])> {
+    utf8_str(rd).map(|(s, rest)| (s.to_owned(), rest))
 }
 
 /// A field read, wrapped for the "seen" slot it fills.

@@ -221,9 +221,8 @@ fn netfilter_sockets() -> io::Result<HashSet<RawFd>> {
         let mut v: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: reads one int into `v`; a descriptor that is not a socket fails.
-        let r = unsafe {
-            libc::getsockopt(fd, libc::SOL_SOCKET, name, (&raw mut v).cast(), &mut len)
-        };
+        let r =
+            unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, name, (&raw mut v).cast(), &mut len) };
         (r == 0).then_some(v)
     };
     let mut out = HashSet::new();
@@ -335,7 +334,9 @@ fn pump(
             events: libc::POLLIN,
             revents: 0,
         });
-        let timeout = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        let timeout = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
         // SAFETY: two live pollfds, a live (or null) timeout, no signal mask change.
         let r = unsafe { libc::ppoll(pfds.as_mut_ptr(), 2, timeout, std::ptr::null()) };
         if r < 0 {
