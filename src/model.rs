@@ -158,16 +158,6 @@ pub enum Quality {
 }
 
 impl Quality {
-    /// The name on the wire (as serde writes it).
-    pub fn as_wire(self) -> &'static str {
-        match self {
-            Quality::Ok => "ok",
-            Quality::Pending => "pending",
-            Quality::Stale => "stale",
-            Quality::Offline => "offline",
-        }
-    }
-
     /// Lowercase name, as on the wire.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -732,14 +732,14 @@ fn read_float(rd: &[u8]) -> Option<(f64, &[u8])> {
 
 /// A quality written as its name.
 fn read_quality(rd: &[u8]) -> Option<(Quality, &[u8])> {
-    let (q, rest) = raw_str(rd)?;
-    let q = match q {
-        b"ok" => Quality::Ok,
-        b"pending" => Quality::Pending,
-        b"stale" => Quality::Stale,
-        b"offline" => Quality::Offline,
-        _ => return None,
-    };
+    let (name, rest) = raw_str(rd)?;
+    let all = [
+        Quality::Ok,
+        Quality::Pending,
+        Quality::Stale,
+        Quality::Offline,
+    ];
+    let q = all.into_iter().find(|q| q.as_str().as_bytes() == name)?;
     Some((q, rest))
 }
 
@@ -811,7 +811,7 @@ pub fn encode_update(buf: &mut BytesMut, u: &UpdateRef<'_>) {
     buf.put_u8(if u.retain { 0xc3 } else { 0xc2 });
     if let Some(q) = u.quality {
         buf.put_slice(b"\xa7quality");
-        put_str(buf, q.as_wire());
+        put_str(buf, q.as_str());
     }
     if let Some(p) = u.position {
         buf.put_slice(b"\xa8position\xcb");

@@ -518,10 +518,10 @@ const IDLE_WRITE_BUF: usize = 4 * 1024;
 const IDLE_ITEMS: usize = 64;
 
 /// Between bursts, gives a burst's buffers back to the allocator. A snapshot grows a
-/// writer's buffer to [`WRITE_CHUNK`]; kept for the connection's life, 300 panels
-/// that each took one snapshot held 19 MB, and their reconnects freed and regrew
-/// those 64 KiB blocks among long-lived allocations, which fragmented the heap
-/// (the soak's creeping RSS). A writer that streams without pause keeps its buffer.
+/// writer's buffer to [`WRITE_CHUNK`]; kept for the connection's life, those
+/// buffers were about 7 MiB of the heap with 300 panels in the soak, and their
+/// reconnects freed and regrew the 64 KiB blocks among long-lived allocations,
+/// which fragmented the heap (the soak's creeping RSS). A writer that streams without pause keeps its buffer.
 fn release_burst(buf: &mut BytesMut, items: &mut Vec<Item>) {
     if buf.capacity() > IDLE_WRITE_BUF {
         *buf = BytesMut::new();
