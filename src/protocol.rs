@@ -511,7 +511,7 @@ pub fn decode_client(body: &[u8]) -> Result<ClientMsg, DecodeError> {
 
 /// [`decode_client`] without its fast path: serde's internally tagged decoding,
 /// which buffers the whole map before it can pick the variant. The reference the
-/// fast path is checked against (`fuzzing::frame`, `tests/e2e/props.rs`).
+/// fast path is checked against (`fuzzing::frame`, `src/protocol_fast_tests.rs`).
 #[doc(hidden)]
 pub fn decode_client_tagged(body: &[u8]) -> Result<ClientMsg, DecodeError> {
     from_body::<ClientMsg>(body).map_err(|e| classify(body, e, CLIENT_MSG_TYPES))
