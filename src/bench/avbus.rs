@@ -6,9 +6,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
 
-use super::{histogram, quantiles, scaled, Conn, Row, Transport, BENCH_QUEUE, WAIT};
+use super::{histogram, quantiles, scaled, Conn, Feed, Row, Transport, BENCH_QUEUE, WAIT};
 use crate::client::{Client, ClientOptions, SubEvent, Subscription};
 use crate::model::{ControlKind, ControlSpec, DeviceDescriptor, Quality};
 use crate::protocol::Role;
@@ -48,30 +47,24 @@ impl Transport for AvbusTransport {
 struct AvbusConn(Client);
 
 impl Conn for AvbusConn {
-    fn subscribe<'a>(
-        &'a self,
-        filter: &'a str,
-    ) -> BoxFuture<'a, Result<mpsc::Receiver<Bytes>, String>> {
+    fn subscribe<'a>(&'a self, filter: &'a str) -> BoxFuture<'a, Result<Feed, String>> {
         Box::pin(async move {
-            let mut sub = self
+            let sub = self
                 .0
                 .subscribe(&[filter])
                 .await
                 .map_err(|e| e.to_string())?;
-            let (tx, rx) = mpsc::channel(BENCH_QUEUE);
-            tokio::spawn(async move {
-                while let Some(ev) = sub.next().await {
-                    let SubEvent::Update(u) = ev else { continue };
-                    let payload = match u.value {
-                        Value::Binary(b) => Bytes::from(b),
-                        _ => Bytes::new(),
-                    };
-                    if tx.send(payload).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            Ok(rx)
+            Ok(sub
+                .filter_map(|ev| {
+                    std::future::ready(match ev {
+                        SubEvent::Update(u) => Some(match u.value {
+                            Value::Binary(b) => Bytes::from(b),
+                            _ => Bytes::new(),
+                        }),
+                        _ => None,
+                    })
+                })
+                .boxed())
         })
     }
 

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use hdrhistogram::Histogram;
-use tokio::sync::mpsc;
 
 pub use self::avbus::{command, AvbusTransport};
 pub use self::devices::{devices, NAME as DEVICES, STEPS as DEVICE_STEPS};
@@ -48,15 +47,16 @@ pub trait Transport: Send + Sync {
     }
 }
 
+/// The payloads of one subscription.
+pub type Feed = futures_util::stream::BoxStream<'static, Bytes>;
+
 /// One client connection of a [`Transport`].
 pub trait Conn: Send + Sync {
     /// Subscribes; resolves once the subscription is active. Payloads of matching
     /// messages (retained ones first, where the system has them) arrive on the
-    /// receiver.
-    fn subscribe<'a>(
-        &'a self,
-        filter: &'a str,
-    ) -> BoxFuture<'a, Result<mpsc::Receiver<Bytes>, String>>;
+    /// feed, read the way the system's client delivers them (its own stream where it
+    /// has one, no extra task in between).
+    fn subscribe<'a>(&'a self, filter: &'a str) -> BoxFuture<'a, Result<Feed, String>>;
     /// Publishes without waiting for the broker.
     fn publish<'a>(
         &'a self,

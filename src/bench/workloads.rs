@@ -5,19 +5,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use futures_util::StreamExt;
 
-use super::{age_us, histogram, quantiles, scaled, stamp, Row, Transport, WAIT};
+use super::{age_us, Feed, histogram, quantiles, scaled, stamp, Row, Transport, WAIT};
 
 /// Waits for the next payload, or `None` after [`WAIT`].
-async fn recv(rx: &mut mpsc::Receiver<Bytes>) -> Option<Bytes> {
-    tokio::time::timeout(WAIT, rx.recv()).await.ok().flatten()
+async fn recv(rx: &mut Feed) -> Option<Bytes> {
+    tokio::time::timeout(WAIT, rx.next()).await.ok().flatten()
 }
 
 /// Reads up to `limit` payloads (or until [`WAIT`] of silence), recording each one's
 /// age into the shared histogram; resolves to the number read.
 fn latency_reader(
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: Feed,
     hist: Arc<Mutex<hdrhistogram::Histogram<u64>>>,
     limit: u64,
 ) -> tokio::task::JoinHandle<u64> {
@@ -53,7 +53,7 @@ pub async fn rtt(t: &dyn Transport, scale: f64) -> Result<Row, String> {
     let mut pongs = a.subscribe("bench/rtt/pong").await?;
     let echo = b.clone();
     let echo_task = tokio::spawn(async move {
-        while let Some(p) = pings.recv().await {
+        while let Some(p) = pings.next().await {
             if echo.publish("bench/rtt/pong", p, false).await.is_err() {
                 return;
             }

@@ -20,7 +20,7 @@ use tokio_util::codec::{Decoder, FramedRead, LengthDelimitedCodec};
 
 use super::guard::{bump, AddressSlots, GuardStats, Rate, RateLimit};
 use super::outbox::{DirectWrite, Drain, Item, Outbox, OutboxLimits};
-use super::router::{ConnId, Hello, RouterMsg};
+use super::router::{ConnId, Hello, RouterCore, RouterMsg};
 use super::tcp::SharedTcp;
 use super::telemetry::{HubHandle, HubMsg, TelemetrySlot};
 use crate::auth::{AuthRefusal, Authenticator, Backoff, Grant};
@@ -40,7 +40,10 @@ const READ_START: usize = 1024;
 /// What every connection needs from the bus.
 pub struct ConnCtx {
     pub cfg: Arc<Config>,
+    /// The router's task: connects, disconnects, resyncs.
     pub router: mpsc::Sender<RouterMsg>,
+    /// The router itself, which the reader takes to route its client's frames.
+    pub core: Arc<RouterCore>,
     pub hub: HubHandle,
     pub next_conn: AtomicU64,
     /// The credential table and anonymous policy.
@@ -374,12 +377,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut ping = 0u64;
     let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Takes the frames already buffered behind the one `reader` yielded. A second
+    // decoder on the same buffer is sound: a `FrameDecoder` keeps no state between
+    // frames (its codec only ever sees whole frames).
+    let mut buffered = frame_decoder(max);
     loop {
         tokio::select! {
-            // Frames from the client; FramedRead yields every complete frame already
-            // buffered before it reads the socket again.
+            // Frames from the client: this one and every complete frame already
+            // buffered behind it are handled before the socket is read again.
             next = reader.next(), if paused.is_none() => {
-                let body = match next {
+                let mut body = match next {
                     None => return ("closed by peer".into(), false, false),
                     Some(Err(e)) => {
                         let (code, message) = read_error(&e, max);
@@ -388,50 +395,69 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                     Some(Ok(body)) => body,
                 };
-                last_rx = Instant::now();
-                match rate.as_mut().map_or(Rate::Ok, |r| r.frame(body.len(), last_rx)) {
-                    Rate::Ok => {}
-                    Rate::Pause(until) => {
-                        bump(&ctx.guard.rate_throttled);
-                        paused = Some(until);
-                    }
-                    Rate::Close => {
-                        bump(&ctx.guard.rate_closed);
-                        let l = &ctx.cfg.limits;
-                        let message = format!(
-                            "over the rate of {} frames/s, {} bytes/s (0: no limit)",
-                            l.client_msgs_per_sec, l.client_bytes_per_sec
-                        );
-                        outbox.close(Some(error_frame(ErrorCode::Limit, message.clone())));
-                        return (format!("limit: {message}"), false, false);
-                    }
-                }
-                match decode_client(&body) {
-                    Ok(ClientMsg::Ping { n }) => {
-                        let _ = outbox.push(frame(&BusMsg::Pong { n }));
-                    }
-                    Ok(ClientMsg::Pong { .. }) => {}
-                    Ok(ClientMsg::Bye { .. }) => return ("goodbye".into(), true, false),
-                    // Telemetry requests go to the hub, never through the router.
-                    Ok(ClientMsg::Tsub { id, filter, hz }) => {
-                        if ctx.hub.ctl.send(HubMsg::Subscribe { conn, id, filter, hz }).await.is_err() {
-                            return ("bus stopping".into(), false, false);
+                // The outboxes these frames touched are flushed once, when the batch
+                // ends (however it ends).
+                let mut routed = Flush { core: &ctx.core, armed: false };
+                loop {
+                    last_rx = Instant::now();
+                    match rate.as_mut().map_or(Rate::Ok, |r| r.frame(body.len(), last_rx)) {
+                        Rate::Ok => {}
+                        Rate::Pause(until) => {
+                            bump(&ctx.guard.rate_throttled);
+                            paused = Some(until);
+                        }
+                        Rate::Close => {
+                            bump(&ctx.guard.rate_closed);
+                            let l = &ctx.cfg.limits;
+                            let message = format!(
+                                "over the rate of {} frames/s, {} bytes/s (0: no limit)",
+                                l.client_msgs_per_sec, l.client_bytes_per_sec
+                            );
+                            outbox.close(Some(error_frame(ErrorCode::Limit, message.clone())));
+                            return (format!("limit: {message}"), false, false);
                         }
                     }
-                    Ok(ClientMsg::Tunsub { id, sub }) => {
-                        if ctx.hub.ctl.send(HubMsg::Unsubscribe { conn, id, sub }).await.is_err() {
-                            return ("bus stopping".into(), false, false);
+                    match decode_client(&body) {
+                        Ok(ClientMsg::Ping { n }) => {
+                            let _ = outbox.push(frame(&BusMsg::Pong { n }));
+                        }
+                        Ok(ClientMsg::Pong { .. }) => {}
+                        Ok(ClientMsg::Bye { .. }) => return ("goodbye".into(), true, false),
+                        // Telemetry requests go to the hub, never through the router.
+                        Ok(ClientMsg::Tsub { id, filter, hz }) => {
+                            if ctx.hub.ctl.send(HubMsg::Subscribe { conn, id, filter, hz }).await.is_err() {
+                                return ("bus stopping".into(), false, false);
+                            }
+                        }
+                        Ok(ClientMsg::Tunsub { id, sub }) => {
+                            if ctx.hub.ctl.send(HubMsg::Unsubscribe { conn, id, sub }).await.is_err() {
+                                return ("bus stopping".into(), false, false);
+                            }
+                        }
+                        Ok(msg) => {
+                            let Some(mut r) = ctx.core.lock() else {
+                                return ("bus stopping".into(), false, false);
+                            };
+                            r.handle(RouterMsg::Client { session, conn, msg });
+                            routed.armed = true;
+                        }
+                        Err(e) => {
+                            outbox.close(Some(error_frame(e.code(), e.to_string())));
+                            return (format!("{}: {e}", e.code()), false, false);
                         }
                     }
-                    Ok(msg) => {
-                        if ctx.router.send(RouterMsg::Client { session, conn, msg }).await.is_err() {
-                            return ("bus stopping".into(), false, false);
+                    if paused.is_some() {
+                        break;
+                    }
+                    body = match buffered.decode(reader.read_buffer_mut()) {
+                        Ok(Some(b)) => b,
+                        Ok(None) => break,
+                        Err(e) => {
+                            let (code, message) = read_error(&e, max);
+                            outbox.close(Some(error_frame(code, message.clone())));
+                            return (format!("{code}: {message}"), false, false);
                         }
-                    }
-                    Err(e) => {
-                        outbox.close(Some(error_frame(e.code(), e.to_string())));
-                        return (format!("{}: {e}", e.code()), false, false);
-                    }
+                    };
                 }
             }
             // Over the rate: reading resumes once the buckets are out of debt; TCP
@@ -459,6 +485,23 @@ async fn read_loop<R: AsyncRead + Unpin>(
             // The writer stopped: the socket failed, or the router closed the outbox
             // (replaced by a resume, slow consumer, shutdown).
             _ = &mut *writer => return ("closed by the bus".into(), false, true),
+        }
+    }
+}
+
+/// Flushes the outboxes the router touched, when dropped armed: the end of a reader's
+/// batch of routed frames, however the batch ends.
+struct Flush<'a> {
+    core: &'a RouterCore,
+    armed: bool,
+}
+
+impl Drop for Flush<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(mut r) = self.core.lock() {
+                r.flush_dirty();
+            }
         }
     }
 }

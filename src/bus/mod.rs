@@ -38,7 +38,7 @@ use tokio_util::task::TaskTracker;
 pub use connection::{codec, Peer};
 use connection::{handle, ConnCtx};
 use guard::{bump, AddressSlots, GuardStats};
-use router::{Router, ROUTER_QUEUE};
+use router::{Router, RouterCore, ROUTER_QUEUE};
 
 use crate::auth::{Authenticator, Backoff, Grant};
 use crate::config::Config;
@@ -281,12 +281,14 @@ pub async fn start(cfg: Config) -> std::io::Result<BusHandle> {
         router.restore(journal, entries, &found);
     }
     let router_cancel = cancel.clone();
-    tracker.spawn(router.run(router_rx, router_cancel));
+    let core = RouterCore::new(router);
+    tracker.spawn(Router::run(core.clone(), router_rx, router_cancel));
 
     let (local_tx, local_rx) = mpsc::channel(LOCAL_BACKLOG);
     let ctx = Arc::new(ConnCtx {
         cfg: cfg.clone(),
         router: router_tx,
+        core,
         hub: hub.clone(),
         next_conn: AtomicU64::new(1),
         auth,

@@ -1,11 +1,18 @@
-//! The router: the one task that owns the topic table, retained state, the replay
-//! log, sessions, rooms and devices.
+//! The router: the topic table, retained state, the replay log, sessions, rooms and
+//! devices, behind one lock ([`RouterCore`]).
 //!
-//! Connections reach it through one bounded channel ([`ROUTER_QUEUE`]); it answers by
-//! pushing encoded frames into each connection's [`Outbox`] without ever awaiting a
-//! connection. Because one task applies every change in order, a subscriber's snapshot
-//! and its live stream meet with no gap and no duplicate: the snapshot is taken and
-//! queued between two publishes, and every later publish is queued after it.
+//! A connection's reader routes its client's frames itself: it takes the lock, applies
+//! every complete frame it has buffered, and flushes the outboxes they touched before it
+//! reads its socket again, so a publish reaches its subscribers' sockets with no task
+//! hop in between. The router's own task takes the lock for everything else:
+//! connects and disconnects (through one bounded channel, [`ROUTER_QUEUE`]), command
+//! deadlines, held acknowledgements, `$sys` and session expiry. Nobody holds the lock
+//! across an `.await`, and the router never awaits a connection: it answers by pushing
+//! encoded frames into each connection's [`Outbox`].
+//!
+//! Because every change is applied under the one lock, in order, a subscriber's
+//! snapshot and its live stream meet with no gap and no duplicate: the snapshot is
+//! taken and queued between two publishes, and every later publish is queued after it.
 //!
 //! The router's other halves: `devices.rs` (descriptors, commands, liveness),
 //! `reads.rs` (subscribe, `get`, snapshots, resume), `rooms.rs` (rooms and
@@ -13,7 +20,7 @@
 //! against the session's [`Grant`] before it touches state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -39,8 +46,8 @@ use crate::protocol::{
 use crate::topic::{Filter, Topic};
 use crate::value::Value;
 
-/// Messages waiting for the router. Connections wait (per connection, never the
-/// router) when it is full, which pushes back on the fastest publishers first.
+/// Messages waiting for the router's task (connects, disconnects, resyncs).
+/// Connections wait (per connection, never the router) when it is full.
 pub const ROUTER_QUEUE: usize = 8192;
 /// Messages the router takes per wake-up, so one burst is handled in one pass.
 const BATCH: usize = 512;
@@ -168,6 +175,22 @@ pub(super) struct ControlFields<'a> {
     pub display: Option<&'a str>,
     pub target: Option<&'a Value>,
     pub deadline: Option<u64>,
+}
+
+/// The router behind its lock, shared by the router's task and every connection's
+/// reader. A panic while the lock is held poisons it; every later `lock` then says
+/// `None`, and the bus stops serving (as it did when the router was one task).
+pub struct RouterCore(Mutex<Router>);
+
+impl RouterCore {
+    pub fn new(router: Router) -> Arc<RouterCore> {
+        Arc::new(RouterCore(Mutex::new(router)))
+    }
+
+    /// The router, or `None` once a panic under the lock has poisoned it.
+    pub(super) fn lock(&self) -> Option<MutexGuard<'_, Router>> {
+        self.0.lock().ok()
+    }
 }
 
 pub struct Router {
@@ -306,14 +329,36 @@ impl Router {
 
     /// Runs until `cancel` fires (then says goodbye to every client) or every sender
     /// is gone.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<RouterMsg>, cancel: CancellationToken) {
-        use futures_util::StreamExt;
+    pub async fn run(core: Arc<RouterCore>, mut rx: mpsc::Receiver<RouterMsg>, cancel: CancellationToken) {
         let mut batch = Vec::with_capacity(BATCH);
-        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.sys.interval_ms));
+        let (interval, durable) = match core.lock() {
+            Some(r) => (
+                r.cfg.sys.interval_ms,
+                r.journal.as_ref().map(Journal::waker),
+            ),
+            None => return,
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(interval));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let durable = self.journal.as_ref().map(Journal::waker);
+        // The next command deadline. Readers insert deadlines too: the queue wakes
+        // this task when one goes in ahead of those it holds.
+        let deadline = || {
+            std::future::poll_fn(|cx| match core.lock() {
+                Some(mut r) => match r.deadlines.poll_expired(cx) {
+                    std::task::Poll::Ready(Some(e)) => std::task::Poll::Ready(Some(e.into_inner())),
+                    _ => std::task::Poll::Pending,
+                },
+                None => std::task::Poll::Ready(None),
+            })
+        };
         loop {
-            tokio::select! {
+            enum Work {
+                Msgs,
+                Held,
+                Expired(u64),
+                Tick,
+            }
+            let work = tokio::select! {
                 // Shutdown first, so a flood of messages cannot delay it.
                 biased;
                 _ = cancel.cancelled() => break,
@@ -321,35 +366,47 @@ impl Router {
                     if n == 0 {
                         break;
                     }
-                    for msg in batch.drain(..) {
-                        self.handle(msg);
-                    }
+                    Work::Msgs
                 }
-                // Acknowledgements waiting for the disk.
+                // Acknowledgements waiting for the disk (the journal's notice is kept
+                // until taken, so one sent while a reader held the lock is not lost).
                 _ = async {
                     match &durable {
                         Some(d) => d.notified().await,
                         None => std::future::pending().await,
                     }
-                }, if !self.held.is_empty() => self.release_held(),
-                // Command deadlines; the branch is idle while none are pending.
-                Some(expired) = self.deadlines.next(), if !self.deadlines.is_empty() => {
-                    self.command_timeout(expired.into_inner());
-                }
+                } => Work::Held,
+                expired = deadline() => match expired {
+                    Some(cmd) => Work::Expired(cmd),
+                    None => break,
+                },
                 // Housekeeping: expire sessions past their grace, refresh `$sys`.
-                _ = tick.tick() => {
-                    self.expire_sessions();
-                    self.publish_sys();
+                _ = tick.tick() => Work::Tick,
+            };
+            let Some(mut r) = core.lock() else { break };
+            match work {
+                Work::Msgs => {
+                    for msg in batch.drain(..) {
+                        r.handle(msg);
+                    }
+                }
+                Work::Held => r.release_held(),
+                Work::Expired(cmd) => r.command_timeout(cmd),
+                Work::Tick => {
+                    r.expire_sessions();
+                    r.publish_sys();
                 }
             }
-            self.flush_dirty();
+            r.flush_dirty();
         }
-        self.shutdown();
+        if let Some(mut r) = core.lock() {
+            r.shutdown();
+        }
     }
 
     /// End of a batch: every outbox that got frames writes them (directly to its
     /// socket when its writer is idle, else through its writer task).
-    fn flush_dirty(&mut self) {
+    pub(super) fn flush_dirty(&mut self) {
         if let Some(j) = &mut self.journal {
             j.flush();
         }
@@ -380,7 +437,7 @@ impl Router {
         }
     }
 
-    fn handle(&mut self, msg: RouterMsg) {
+    pub(super) fn handle(&mut self, msg: RouterMsg) {
         match msg {
             RouterMsg::Connect {
                 hello,
