@@ -249,6 +249,25 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The hand-written `pub` encoder writes exactly serde's bytes.
+    #[test]
+    fn pub_encoder_writes_serdes_bytes(
+        topic in "[a-z/]{1,12}|[a-z]{30,300}",
+        value in any_value(),
+        retain: bool,
+        id in proptest::option::of(any_uint()),
+        quality in any_quality(),
+    ) {
+        let p = ClientMsg::Pub { topic, value, retain, id, quality };
+        let mut fast = BytesMut::new();
+        encode_client_into(&mut fast, &p);
+        prop_assert_eq!(fast.freeze(), frame(&p));
+    }
+}
+
 #[test]
 fn bytes_after_the_map_are_treated_as_the_tagged_decoder_treats_them() {
     let p = ClientMsg::Pub {

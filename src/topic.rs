@@ -131,8 +131,8 @@ impl Topic {
     }
 
     /// The levels of the name.
-    pub fn levels(&self) -> std::str::Split<'_, char> {
-        self.0.split('/')
+    pub fn levels(&self) -> Levels<'_> {
+        levels(&self.0)
     }
 
     /// Whether this name belongs to the bus (`$sys/...`, `$devices/...`).
@@ -173,8 +173,8 @@ impl Filter {
     }
 
     /// The levels of the filter.
-    pub fn levels(&self) -> std::str::Split<'_, char> {
-        self.0.split('/')
+    pub fn levels(&self) -> Levels<'_> {
+        levels(&self.0)
     }
 
     /// The literal part before the first wildcard, ending in `/` if there is a
@@ -209,13 +209,43 @@ impl fmt::Debug for Filter {
     }
 }
 
+/// The levels of a name or filter, exactly as `split('/')` yields them, found by a
+/// plain byte scan: levels are a few bytes long, and this runs on every publish.
+#[derive(Clone, Debug)]
+pub struct Levels<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for Levels<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let s = self.rest?;
+        match s.bytes().position(|b| b == b'/') {
+            Some(i) => {
+                self.rest = Some(&s[i + 1..]);
+                Some(&s[..i])
+            }
+            None => {
+                self.rest = None;
+                Some(s)
+            }
+        }
+    }
+}
+
+/// The levels of `s` (see [`Levels`]).
+pub fn levels(s: &str) -> Levels<'_> {
+    Levels { rest: Some(s) }
+}
+
 /// Matches a topic name against a filter (both assumed valid).
 pub fn matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
     }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
+    let mut f = levels(filter);
+    let mut t = levels(topic);
     loop {
         match (f.next(), t.next()) {
             (Some("#"), _) => return true,
@@ -236,8 +266,8 @@ pub fn intersects(a: &str, b: &str) -> bool {
     if (wild(a) && b.starts_with('$')) || (wild(b) && a.starts_with('$')) {
         return false;
     }
-    let mut x = a.split('/');
-    let mut y = b.split('/');
+    let mut x = levels(a);
+    let mut y = levels(b);
     loop {
         match (x.next(), y.next()) {
             (Some("#"), _) | (_, Some("#")) | (None, None) => return true,
@@ -254,8 +284,8 @@ pub fn covers(outer: &str, inner: &str) -> bool {
     if wild(outer) && inner.starts_with('$') {
         return false;
     }
-    let mut o = outer.split('/');
-    let mut i = inner.split('/');
+    let mut o = levels(outer);
+    let mut i = levels(inner);
     let mut depth = 0;
     loop {
         match (o.next(), i.next()) {
@@ -441,6 +471,14 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5000))]
+
+        #[test]
+        fn levels_are_what_split_yields(s in "[a/é+#]{0,12}") {
+            proptest::prop_assert_eq!(
+                levels(&s).collect::<Vec<_>>(),
+                s.split('/').collect::<Vec<_>>()
+            );
+        }
 
         #[test]
         fn one_pass_check_agrees_with_the_reference(

@@ -261,6 +261,19 @@ pub async fn run(addr: &str, bus_pid: Option<u32>, cfg: &BenchConfig) -> Result<
     Ok(rows)
 }
 
+/// The configuration of a bus the bench starts itself: the defaults, with each
+/// connection's queue raised to nats-server's default per-client limit (64 MB of
+/// pending data), as the bench lifts Mosquitto's queue limits, so that no system
+/// drops a burst because of a configured bound. A bus named with `--bus` keeps its
+/// own configuration.
+pub const BUS_CONFIG: &str = "[listen]
+http = \"off\"
+
+[limits]
+outbox_bytes = 67108864
+outbox_frames = 1048576
+";
+
 /// A bus started by the bench as its own process.
 pub struct OwnBus {
     child: Child,
@@ -268,13 +281,20 @@ pub struct OwnBus {
 }
 
 impl OwnBus {
-    /// Starts `avbus serve --listen 127.0.0.1:0` from this executable and waits for
-    /// its ready line.
+    /// Starts `avbus serve --listen 127.0.0.1:0` from this executable, configured
+    /// with [`BUS_CONFIG`], and waits for its ready line.
     ///
     /// # Errors
     /// If the process cannot start or prints no ready line.
     pub fn start() -> std::io::Result<OwnBus> {
-        OwnBus::start_with(&std::env::current_exe()?, &["serve"])
+        let path = std::env::temp_dir().join(format!("avbus-bench-{}.toml", std::process::id()));
+        std::fs::write(&path, BUS_CONFIG)?;
+        let bus = OwnBus::start_with(
+            &std::env::current_exe()?,
+            &["serve", "--config", &path.to_string_lossy()],
+        );
+        let _ = std::fs::remove_file(&path);
+        bus
     }
 
     /// Starts `exe ARGS --listen 127.0.0.1:0 --log-level warn` (a program that serves

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{age_us, Feed, histogram, quantiles, scaled, stamp, Row, Transport, WAIT};
+use super::{age_us, histogram, quantiles, scaled, stamp, Feed, Row, Transport, WAIT};
 
 /// Waits for the next payload, or `None` after [`WAIT`].
 async fn recv(rx: &mut Feed) -> Option<Bytes> {

@@ -55,6 +55,34 @@ const BATCH: usize = 512;
 /// again without running twice.
 const ANSWER_CACHE: usize = 256;
 
+/// A map keyed by the bus's own sequential ids (sessions), hashed by [`IdHasher`].
+pub(super) type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Hashes ids the bus hands out itself, never ones a client picks: one multiply per
+/// word instead of SipHash, whose cost buys resistance to keys chosen by an attacker
+/// (tables keyed by names from clients keep it). Every publish looks a session up
+/// once per subscriber.
+#[derive(Default, Clone, Copy)]
+pub(super) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // The product's high bits are its best mixed; the table takes its bucket from
+        // the low bits and its tag from the top seven.
+        self.0.rotate_left(26)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
 /// Identifies one TCP (or in-process) connection, to ignore messages from a
 /// connection that a resume has replaced.
 pub type ConnId = u64;
@@ -199,7 +227,7 @@ pub struct Router {
     pub(super) seq: Seq,
     pub(super) retained: BTreeMap<Arc<str>, Retained>,
     pub(super) subs: SubTree,
-    pub(super) sessions: HashMap<SessionId, Session>,
+    pub(super) sessions: IdMap<SessionId, Session>,
     pub(super) next_session: u64,
     pub(super) replay: ReplayLog,
     pub(super) rooms: HashMap<String, BTreeSet<SessionId>>,
@@ -255,7 +283,7 @@ impl Router {
             seq: Seq(0),
             retained: BTreeMap::new(),
             subs: SubTree::default(),
-            sessions: HashMap::new(),
+            sessions: IdMap::default(),
             next_session: 1,
             replay,
             rooms: HashMap::new(),
@@ -329,7 +357,11 @@ impl Router {
 
     /// Runs until `cancel` fires (then says goodbye to every client) or every sender
     /// is gone.
-    pub async fn run(core: Arc<RouterCore>, mut rx: mpsc::Receiver<RouterMsg>, cancel: CancellationToken) {
+    pub async fn run(
+        core: Arc<RouterCore>,
+        mut rx: mpsc::Receiver<RouterMsg>,
+        cancel: CancellationToken,
+    ) {
         let mut batch = Vec::with_capacity(BATCH);
         let (interval, durable) = match core.lock() {
             Some(r) => (

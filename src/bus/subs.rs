@@ -78,7 +78,7 @@ impl SubTree {
     pub fn matches(&self, topic: &str, out: &mut Vec<SessionId>) {
         out.clear();
         let reserved = topic.starts_with('$');
-        let mut levels = topic.split('/');
+        let mut levels = crate::topic::levels(topic);
         walk(&self.root, &mut levels, reserved, out);
         out.sort_unstable();
         out.dedup();

@@ -25,8 +25,8 @@ use super::{
 };
 use crate::model::DeviceDescriptor;
 use crate::protocol::{
-    decode_bus, encode_into, BusMsg, ClientMsg, Epoch, ErrorCode, Resume, Seq, SessionId,
-    WireError, PROTOCOL_VERSION,
+    decode_bus, encode_client_into, encode_into, BusMsg, ClientMsg, Epoch, ErrorCode, Resume, Seq,
+    SessionId, WireError, PROTOCOL_VERSION,
 };
 use crate::topic::matches;
 
@@ -350,7 +350,7 @@ impl Driver {
     }
 
     fn write(&mut self, msg: &ClientMsg) {
-        encode_into(&mut self.wbuf, msg);
+        encode_client_into(&mut self.wbuf, msg);
     }
 
     /// After a welcome: restore everything the application set up.

@@ -392,7 +392,8 @@ async fn serve_floor(relay: bool) -> Result<(), String> {
 }
 
 async fn serve_avbus() -> Result<(), String> {
-    let mut cfg = avbus::config::Config::default();
+    let mut cfg = avbus::config::Config::parse(avbus::bench::BUS_CONFIG, "bench")
+        .map_err(|e| e.to_string())?;
     cfg.listen.tcp = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
     cfg.listen.http = None;
     avbus::bus::serve(

@@ -3,9 +3,10 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use avbus::bench::{Conn, Transport, BENCH_QUEUE};
+use avbus::bench::{Conn, Feed, Transport, BENCH_QUEUE};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, Notify};
 
@@ -71,10 +72,7 @@ impl Transport for MqttTransport {
 }
 
 impl Conn for MqttConn {
-    fn subscribe<'a>(
-        &'a self,
-        filter: &'a str,
-    ) -> BoxFuture<'a, Result<mpsc::Receiver<Bytes>, String>> {
+    fn subscribe<'a>(&'a self, filter: &'a str) -> BoxFuture<'a, Result<Feed, String>> {
         Box::pin(async move {
             let rx = self
                 .rx
@@ -89,7 +87,10 @@ impl Conn for MqttConn {
             tokio::time::timeout(Duration::from_secs(5), self.suback.notified())
                 .await
                 .map_err(|_| "mosquitto: no SUBACK".to_string())?;
-            Ok(rx)
+            // rumqttc delivers every packet through its event loop, which the task
+            // polling it demultiplexes onto this channel: the feed reads it directly.
+            let mut rx = rx;
+            Ok(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
         })
     }
 

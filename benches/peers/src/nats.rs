@@ -5,11 +5,10 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use avbus::bench::{Conn, Transport, BENCH_QUEUE};
+use avbus::bench::{Conn, Feed, Transport, BENCH_QUEUE};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
 
 pub struct NatsTransport {
     pub port: u16,
@@ -98,41 +97,38 @@ impl Transport for NatsTransport {
 }
 
 impl Conn for NatsConn {
-    fn subscribe<'a>(
-        &'a self,
-        filter: &'a str,
-    ) -> BoxFuture<'a, Result<mpsc::Receiver<Bytes>, String>> {
+    fn subscribe<'a>(&'a self, filter: &'a str) -> BoxFuture<'a, Result<Feed, String>> {
         Box::pin(async move {
             let subject = subject(filter);
-            let (tx, rx) = mpsc::channel(BENCH_QUEUE);
-            let mut sub = self
+            // The client's own subscription stream, read directly (no task between).
+            let core = self
                 .client
                 .subscribe(subject.clone())
                 .await
-                .map_err(|e| e.to_string())?;
-            let core_tx = tx.clone();
-            tokio::spawn(async move {
-                while let Some(m) = sub.next().await {
-                    if core_tx.send(m.payload).await.is_err() {
-                        return;
-                    }
+                .map_err(|e| e.to_string())?
+                .map(|m| m.payload);
+            let feed: Feed = match &self.kv {
+                Some(kv) => {
+                    let watch = kv
+                        .watch(subject)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .take_while(|e| std::future::ready(e.is_ok()))
+                        .filter_map(|e| {
+                            std::future::ready(match e {
+                                Ok(entry) if entry.operation == kv::Operation::Put => {
+                                    Some(entry.value)
+                                }
+                                _ => None,
+                            })
+                        });
+                    futures_util::stream::select(core, watch).boxed()
                 }
-            });
-            if let Some(kv) = &self.kv {
-                let mut watch = kv.watch(subject).await.map_err(|e| e.to_string())?;
-                tokio::spawn(async move {
-                    while let Some(Ok(entry)) = watch.next().await {
-                        if entry.operation == kv::Operation::Put
-                            && tx.send(entry.value).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
-            }
+                None => core.boxed(),
+            };
             // The SUB has reached the server once a PING after it is answered.
             self.client.flush().await.map_err(|e| e.to_string())?;
-            Ok(rx)
+            Ok(feed)
         })
     }
 
