@@ -227,9 +227,10 @@ where
 /// Runs one plain TCP connection to its end; the router may write to it directly
 /// (see [`super::outbox::Outbox::flush`]).
 pub async fn handle_tcp(stream: tokio::net::TcpStream, peer: Peer, ctx: Arc<ConnCtx>) {
-    let shared = SharedTcp(Arc::new(stream));
+    let (rd, wr) = stream.into_split();
+    let shared = SharedTcp(Arc::new(wr));
     let direct: Arc<dyn DirectWrite> = Arc::new(shared.clone());
-    serve(shared.clone(), shared, Some(direct), peer, None, ctx).await;
+    serve(rd, shared, Some(direct), peer, None, ctx).await;
 }
 
 async fn serve<R, W>(

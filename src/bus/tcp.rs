@@ -1,46 +1,37 @@
-//! A TCP stream shared by a connection's reader, its writer task and the router's
-//! direct writes ([`super::outbox::DirectWrite`]). Tokio's `TcpStream` reads and
-//! writes through `&self` (readiness + non-blocking calls), so one `Arc` serves all
-//! three without a lock; the outbox's own lock keeps writes from interleaving.
+//! A TCP stream's write side, shared by a connection's writer task and the router's
+//! direct writes ([`super::outbox::DirectWrite`]). Tokio's `TcpStream` writes through
+//! `&self` (readiness + non-blocking calls), so one `Arc` serves both without a lock;
+//! the outbox's own lock keeps writes from interleaving.
+//!
+//! The reader has the stream's read half to itself, through tokio's own
+//! `OwnedReadHalf`: a read that comes back short clears the socket's readiness there,
+//! so after a frame the reader waits for the next one without a `recv` that can only
+//! say `EAGAIN`.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
 use super::outbox::DirectWrite;
 
-/// One side's handle on a shared TCP stream.
+/// A handle on a TCP stream's shared write half.
 #[derive(Clone)]
-pub struct SharedTcp(pub Arc<TcpStream>);
+pub struct SharedTcp(pub Arc<OwnedWriteHalf>);
+
+impl SharedTcp {
+    fn stream(&self) -> &TcpStream {
+        (*self.0).as_ref()
+    }
+}
 
 impl DirectWrite for SharedTcp {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         self.0.try_write(buf)
-    }
-}
-
-impl AsyncRead for SharedTcp {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.0.poll_read_ready(cx))?;
-            // Into the unfilled part without zeroing it first: an idle connection's
-            // read buffer then stays untouched memory (not resident), as with
-            // tokio's own `TcpStream`.
-            match self.0.try_read_buf(buf) {
-                Ok(_) => return Poll::Ready(Ok(())),
-                // Readiness was stale; `try_read` cleared it, so the next poll waits.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
     }
 }
 
@@ -51,7 +42,7 @@ impl AsyncWrite for SharedTcp {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
+            ready!(self.stream().poll_write_ready(cx))?;
             match self.0.try_write(buf) {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -66,7 +57,7 @@ impl AsyncWrite for SharedTcp {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Half-close the write side, as `TcpStream`'s own shutdown does.
-        let sock = socket2::SockRef::from(&*self.0);
+        let sock = socket2::SockRef::from(self.stream());
         Poll::Ready(match sock.shutdown(std::net::Shutdown::Write) {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
             r => r,
