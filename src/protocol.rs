@@ -841,16 +841,27 @@ pub fn encode_update(buf: &mut BytesMut, u: &UpdateRef<'_>) {
 /// Appends one client frame to `buf`: a `pub` written field by field (the client's
 /// hot path, byte for byte what serde writes), anything else through serde.
 pub fn encode_client_into(buf: &mut BytesMut, msg: &ClientMsg) {
-    let ClientMsg::Pub {
-        topic,
-        value,
-        retain,
-        id,
-        quality,
-    } = msg
-    else {
-        return encode_into(buf, msg);
-    };
+    match msg {
+        ClientMsg::Pub {
+            topic,
+            value,
+            retain,
+            id,
+            quality,
+        } => encode_pub(buf, topic, value, *retain, *id, *quality),
+        other => encode_into(buf, other),
+    }
+}
+
+/// Appends a `pub` frame to `buf`, exactly as serde writes [`ClientMsg::Pub`].
+pub fn encode_pub(
+    buf: &mut BytesMut,
+    topic: &str,
+    value: &Value,
+    retain: bool,
+    id: Option<u64>,
+    quality: Option<Quality>,
+) {
     let start = buf.len();
     buf.put_u32(0);
     buf.put_u8(0x80 | (4 + u8::from(id.is_some()) + u8::from(quality.is_some())));
@@ -863,10 +874,10 @@ pub fn encode_client_into(buf: &mut BytesMut, msg: &ClientMsg) {
         return;
     }
     buf.put_slice(b"\xa6retain");
-    buf.put_u8(if *retain { 0xc3 } else { 0xc2 });
+    buf.put_u8(if retain { 0xc3 } else { 0xc2 });
     if let Some(id) = id {
         buf.put_slice(b"\xa2id");
-        put_uint(buf, *id);
+        put_uint(buf, id);
     }
     if let Some(q) = quality {
         buf.put_slice(b"\xa7quality");

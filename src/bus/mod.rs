@@ -21,7 +21,7 @@ mod rooms;
 pub mod router;
 mod subs;
 mod sys;
-mod tcp;
+pub(crate) mod tcp;
 pub mod telemetry;
 
 use std::net::SocketAddr;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
@@ -23,6 +23,7 @@ use super::{
     Answer, Client, ClientOptions, ConnectionEvent, Endpoint, Error, IncomingCommand, Req,
     RoomEvent, Shared, SubEvent,
 };
+use crate::bus::tcp::SharedTcp;
 use crate::model::DeviceDescriptor;
 use crate::protocol::{
     decode_bus, encode_client_into, encode_into, BusMsg, ClientMsg, Epoch, ErrorCode, Resume, Seq,
@@ -42,8 +43,8 @@ const HEARTBEAT_MISSES: u32 = 3;
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-type Reader = FramedRead<ReadHalf<Box<dyn Io>>, LengthDelimitedCodec>;
-type Writer = WriteHalf<Box<dyn Io>>;
+type Reader = FramedRead<Box<dyn AsyncRead + Send + Unpin>, LengthDelimitedCodec>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// What the driver keeps to hand commands a [`Client`] (without keeping the
 /// connection alive itself: the request sender is weak).
@@ -93,6 +94,8 @@ enum Outcome {
 struct Conn {
     reader: Reader,
     writer: Writer,
+    /// The socket's write half for the handles' direct writes (plain TCP only).
+    direct: Option<SharedTcp>,
     heartbeat: Duration,
     resumed: bool,
 }
@@ -126,6 +129,8 @@ struct Driver {
     /// whether it is a resync.
     snap: Option<(u64, bool)>,
     wbuf: BytesMut,
+    /// Requests taken from the handles since the last write (see `direct.rs`).
+    handled: usize,
     /// Whether some subscription is lagging (see [`Driver::recover`]).
     lagging: bool,
     /// Subscriptions an event goes to (reused).
@@ -165,6 +170,7 @@ pub(crate) async fn run(
         last_seq: Seq(0),
         snap: None,
         wbuf: BytesMut::with_capacity(16 * 1024),
+        handled: 0,
         targets: Vec::new(),
         lagging: false,
         last_error: None,
@@ -197,7 +203,9 @@ impl Driver {
                     if let Some(f) = first.take() {
                         let _ = f.send(Ok(()));
                     }
-                    match self.run_conn(conn).await {
+                    let outcome = self.run_conn(conn).await;
+                    self.shared.direct.detach(std::mem::take(&mut self.handled));
+                    match outcome {
                         Outcome::Stop => return,
                         Outcome::Lost(reason) => {
                             tracing::debug!(name = %self.opts.name, reason, "connection lost");
@@ -243,7 +251,10 @@ impl Driver {
                         let _ = done.send(());
                         return Outcome::Stop;
                     }
-                    Some(r) => self.request(r, false),
+                    Some(r) => {
+                        self.request(r, false);
+                        self.shared.direct.taken(1);
+                    }
                 },
             }
         }
@@ -259,27 +270,39 @@ impl Driver {
 
     async fn handshake(&mut self, opts: &ClientOptions) -> Result<Conn, Error> {
         let mut bus_ip = None;
-        let io: Box<dyn Io> = match &opts.endpoint {
+        let io: Result<tokio::net::TcpStream, Box<dyn Io>> = match &opts.endpoint {
             Endpoint::Tcp(addr) => {
                 let s = tokio::net::TcpStream::connect(addr.as_str())
                     .await
                     .map_err(|e| Error::Connect(format!("{addr}: {e}")))?;
                 let _ = s.set_nodelay(true);
                 bus_ip = s.peer_addr().ok().map(|a| a.ip());
-                Box::new(s)
+                Ok(s)
             }
             Endpoint::Tls(addr, tls) => {
                 let s = tls.connect(addr).await.map_err(Error::Connect)?;
                 bus_ip = s.get_ref().0.peer_addr().ok().map(|a| a.ip());
-                Box::new(s)
+                Err(Box::new(s))
             }
-            Endpoint::Local(c) => Box::new(
-                c.connect()
-                    .await
-                    .ok_or_else(|| Error::Connect("the in-process bus has stopped".into()))?,
-            ),
+            Endpoint::Local(c) => {
+                Err(Box::new(c.connect().await.ok_or_else(|| {
+                    Error::Connect("the in-process bus has stopped".into())
+                })?))
+            }
         };
-        let (rd, mut writer) = tokio::io::split(io);
+        // Plain TCP: tokio's own read half (a short read clears readiness: no `recv`
+        // that can only say `EAGAIN`), and a write half the handles share.
+        let (rd, mut writer, direct): (Box<dyn AsyncRead + Send + Unpin>, Writer, _) = match io {
+            Ok(s) => {
+                let (rd, wr) = s.into_split();
+                let wr = SharedTcp(Arc::new(wr));
+                (Box::new(rd), Box::new(wr.clone()), Some(wr))
+            }
+            Err(io) => {
+                let (rd, wr) = tokio::io::split(io);
+                (Box::new(rd), Box::new(wr), None)
+            }
+        };
         let mut reader = FramedRead::new(
             rd,
             crate::bus::codec(opts.max_frame + crate::protocol::BUS_ENVELOPE),
@@ -340,6 +363,7 @@ impl Driver {
                 Ok(Conn {
                     reader,
                     writer,
+                    direct,
                     heartbeat: Duration::from_millis(heartbeat_ms.max(1)),
                     resumed,
                 })
@@ -407,6 +431,15 @@ impl Driver {
         }
     }
 
+    /// Says goodbye: no more direct writes, then what one left, the buffer and `bye`.
+    async fn goodbye(&mut self, conn: &mut Conn) {
+        let rest = self.shared.direct.detach(0);
+        self.write(&ClientMsg::Bye { reason: None });
+        let _ = conn.writer.write_all(&rest).await;
+        let _ = conn.writer.write_all(&self.wbuf).await;
+        let _ = conn.writer.shutdown().await;
+    }
+
     async fn run_conn(&mut self, mut conn: Conn) -> Outcome {
         let first_session = !self.connected_before;
         self.connected_before = true;
@@ -418,15 +451,26 @@ impl Driver {
         let mut last_rx = Instant::now();
         // While a subscription lags, check often whether the application drained it.
         let mut recheck = tokio::time::interval(RECOVER_CHECK);
+        self.shared.direct.attach(conn.direct.clone());
         loop {
-            if !self.wbuf.is_empty() {
-                if let Err(e) = conn.writer.write_all(&self.wbuf).await {
-                    self.wbuf.clear();
-                    return Outcome::Lost(format!("write failed: {e}"));
-                }
-                self.wbuf.clear();
+            // The driver holds the socket while it writes: first what a handle's
+            // direct write left, then its own buffer.
+            let rest = self.shared.direct.claim();
+            let written = async {
+                conn.writer.write_all(&rest).await?;
+                conn.writer.write_all(&self.wbuf).await
             }
+            .await;
+            self.wbuf.clear();
+            if let Err(e) = written {
+                return Outcome::Lost(format!("write failed: {e}"));
+            }
+            self.shared
+                .direct
+                .release(std::mem::take(&mut self.handled));
             tokio::select! {
+                // A handle's direct write left the end of a frame for the driver.
+                _ = self.shared.direct.wake.notified() => {}
                 // Frames from the bus (every buffered frame before the next read).
                 next = conn.reader.next() => match next {
                     None => {
@@ -444,18 +488,15 @@ impl Driver {
                 // Requests from the application, several per wake-up.
                 req = self.rx.recv() => {
                     let Some(req) = req else {
-                        self.write(&ClientMsg::Bye { reason: None });
-                        let _ = conn.writer.write_all(&self.wbuf).await;
-                        let _ = conn.writer.shutdown().await;
+                        self.goodbye(&mut conn).await;
                         return Outcome::Stop;
                     };
                     let mut next = Some(req);
                     let mut n = 0;
                     while let Some(r) = next.take() {
+                        self.handled += 1;
                         if let Req::Close(done) = r {
-                            self.write(&ClientMsg::Bye { reason: None });
-                            let _ = conn.writer.write_all(&self.wbuf).await;
-                            let _ = conn.writer.shutdown().await;
+                            self.goodbye(&mut conn).await;
                             let _ = done.send(());
                             return Outcome::Stop;
                         }
@@ -620,9 +661,14 @@ impl Driver {
     /// application is not reading stops receiving (counted) until it is drained, then
     /// [`Driver::recover`] resyncs it. Commands, other subscriptions and heartbeats
     /// are never held up by it.
-    fn deliver(&mut self, ev: SubEvent, only: Option<u64>, topic: Option<&str>) {
+    fn deliver(&mut self, ev: SubEvent, only: Option<u64>) {
         let mut targets = std::mem::take(&mut self.targets);
         targets.clear();
+        // An update goes to the subscriptions whose filters match its topic.
+        let topic = match &ev {
+            SubEvent::Update(u) => Some(u.topic.as_str()),
+            _ => None,
+        };
         for (id, s) in self.subs.iter_mut() {
             if only.is_some_and(|o| o != *id) {
                 continue;
@@ -694,8 +740,7 @@ impl Driver {
                     self.last_seq = self.last_seq.max(u.seq);
                 }
                 let only = self.snap.and_then(|(id, _)| self.target(id));
-                let topic = u.topic.clone();
-                self.deliver(SubEvent::Update(u), only, Some(&topic));
+                self.deliver(SubEvent::Update(u), only);
             }
             BusMsg::Snapshot { id, resync, .. } => {
                 self.snap = Some((id, resync));
@@ -704,7 +749,7 @@ impl Driver {
                 }
                 if resync {
                     self.emit(ConnectionEvent::Resynced);
-                    self.deliver(SubEvent::Resync, self.target(id), None);
+                    self.deliver(SubEvent::Resync, self.target(id));
                 }
             }
             BusMsg::Synced { id, seq, .. } => {
@@ -713,12 +758,12 @@ impl Driver {
                 if let Some(s) = self.subs.get_mut(&id) {
                     s.synced = true;
                 }
-                self.deliver(SubEvent::Synced { seq }, self.target(id), None);
+                self.deliver(SubEvent::Synced { seq }, self.target(id));
             }
             BusMsg::Gap {
                 dropped, conflated, ..
             } => {
-                self.deliver(SubEvent::Gap { dropped, conflated }, None, None);
+                self.deliver(SubEvent::Gap { dropped, conflated }, None);
             }
             BusMsg::Ok { id, result } => {
                 if self.tsubs.contains_key(&id) {

@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod direct;
 mod driver;
 pub mod telemetry;
 
@@ -258,7 +259,11 @@ impl Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let _ = self.client.tx.try_send(Req::Unsub { id: self.id });
+        Client::try_send(
+            &self.client.tx,
+            &self.client.shared,
+            Req::Unsub { id: self.id },
+        );
     }
 }
 
@@ -382,6 +387,8 @@ pub(crate) struct Shared {
     rtt_us: AtomicU64,
     /// The telemetry link (UDP, or the in-process hub).
     link: telemetry::LinkHandle,
+    /// The socket, for fire-and-forget frames written by the caller's task.
+    direct: direct::Direct,
 }
 
 /// The `streams` list of a `tsub` answer (or of a `streams` message).
@@ -428,6 +435,7 @@ impl Client {
                 Endpoint::Local(c) => Some(c.hub()),
                 Endpoint::Tcp(_) | Endpoint::Tls(..) => None,
             }),
+            direct: direct::Direct::default(),
         });
         let opts = Arc::new(opts);
         let client = Client {
@@ -482,7 +490,47 @@ impl Client {
     }
 
     async fn send(&self, req: Req) -> Result<(), Error> {
-        self.tx.send(req).await.map_err(|_| Error::Closed)
+        // Counted until the driver has written it, so no direct write overtakes it.
+        self.shared.direct.queued();
+        self.tx.send(req).await.map_err(|_| {
+            self.shared.direct.taken(1);
+            Error::Closed
+        })
+    }
+
+    /// Hands a request to the driver without waiting (dropped when its queue is
+    /// full or it is gone).
+    fn try_send(tx: &mpsc::Sender<Req>, shared: &Shared, req: Req) {
+        shared.direct.queued();
+        if tx.try_send(req).is_err() {
+            shared.direct.taken(1);
+        }
+    }
+
+    /// A `pub` written by this task straight to the socket when it is free (see
+    /// `direct.rs`), else handed to the driver.
+    async fn fire_pub(
+        &self,
+        topic: &str,
+        value: Value,
+        retain: bool,
+        quality: Option<Quality>,
+    ) -> Result<(), Error> {
+        let written = self
+            .shared
+            .direct
+            .write(|b| crate::protocol::encode_pub(b, topic, &value, retain, None, quality));
+        if written {
+            return Ok(());
+        }
+        self.fire(ClientMsg::Pub {
+            topic: topic.into(),
+            value,
+            retain,
+            id: None,
+            quality,
+        })
+        .await
     }
 
     async fn fire(&self, msg: ClientMsg) -> Result<(), Error> {
@@ -593,14 +641,7 @@ impl Client {
         value: Value,
         retain: bool,
     ) -> Result<(), Error> {
-        self.fire(ClientMsg::Pub {
-            topic: topic.into(),
-            value,
-            retain,
-            id: None,
-            quality: None,
-        })
-        .await
+        self.fire_pub(topic, value, retain, None).await
     }
 
     /// Adapter: publishes a control's value with a quality (e.g. `stale`).
@@ -613,14 +654,7 @@ impl Client {
         value: Value,
         quality: Quality,
     ) -> Result<(), Error> {
-        self.fire(ClientMsg::Pub {
-            topic: topic.into(),
-            value,
-            retain: true,
-            id: None,
-            quality: Some(quality),
-        })
-        .await
+        self.fire_pub(topic, value, true, Some(quality)).await
     }
 
     /// Writes a control's value. Exactly one answer: the adapter's result, or a typed
@@ -739,14 +773,14 @@ impl Client {
             }
             Answer::Puback(_) => Vec::new(),
         };
-        let tx = self.tx.clone();
+        let (tx, shared) = (self.tx.clone(), self.shared.clone());
         Ok(TelemetrySubscription {
             id,
             rx,
             stats,
             streams,
             unsub: Some(Box::new(move || {
-                let _ = tx.try_send(Req::Tunsub { sub: id });
+                Client::try_send(&tx, &shared, Req::Tunsub { sub: id });
             })),
         })
     }
