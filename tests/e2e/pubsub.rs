@@ -332,3 +332,97 @@ async fn a_snapshot_larger_than_every_queue_arrives_whole() {
     assert_eq!(held.get("big/last"), Some(&Value::from(N)));
     bus.shutdown().await;
 }
+
+/// A client's frames reach the bus in the order of its calls, whichever way each
+/// leaves it: written by the caller (an isolated publish), gathered into the driver's
+/// next write (a burst), through the driver's queue (acknowledged publishes, and
+/// publishes behind them), or split by a full socket buffer (large values, read
+/// slowly). Every value is one more than the previous on one topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_publishes_arrive_in_call_order_on_every_path() {
+    let mut cfg = config();
+    cfg.limits.outbox_frames = 1 << 20;
+    cfg.limits.outbox_bytes = 1 << 30;
+    cfg.limits.max_frame_bytes = 8 << 20;
+    let bus = bus(cfg).await;
+    let publisher = client(&bus, "ordered-publisher", Role::Tool).await;
+    let mut o = opts(&bus.tcp.to_string(), "ordered-panel", Role::Panel);
+    o.sub_queue = 1 << 20;
+    o.max_frame = 8 << 20;
+    let panel = Client::connect(o).await.unwrap();
+    let mut sub = panel.subscribe(&["order/#"]).await.expect("subscribe");
+    assert!(matches!(next(&mut sub).await, SubEvent::Synced { .. }));
+
+    // 4 MiB values are more than the socket takes at once.
+    let big = vec![7u8; 4 << 20];
+    let p = publisher.clone();
+    let sent = tokio::spawn(async move {
+        let mut n = 0u64;
+        for round in 0..60u64 {
+            match round % 4 {
+                // One publish, then a pause: the caller writes it.
+                0 => {
+                    n += 1;
+                    p.publish_nowait("order/n", Value::from(n), false)
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                // A burst: gathered for the driver.
+                1 => {
+                    for _ in 0..500 {
+                        n += 1;
+                        p.publish_nowait("order/n", Value::from(n), false)
+                            .await
+                            .unwrap();
+                    }
+                }
+                // Acknowledged publishes interleaved with fire-and-forget ones.
+                2 => {
+                    for i in 0..20 {
+                        n += 1;
+                        if i % 3 == 0 {
+                            p.publish("order/n", Value::from(n), false).await.unwrap();
+                        } else {
+                            p.publish_nowait("order/n", Value::from(n), false)
+                                .await
+                                .unwrap();
+                        }
+                    }
+                }
+                // Large values, each written by the caller: the kernel takes part,
+                // the driver writes the rest; small ones right behind them.
+                _ => {
+                    for _ in 0..2 {
+                        n += 1;
+                        let v = Value::Array(vec![Value::from(n), Value::Binary(big.clone())]);
+                        p.publish_nowait("order/n", v, false).await.unwrap();
+                        n += 1;
+                        p.publish_nowait("order/n", Value::from(n), false)
+                            .await
+                            .unwrap();
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                }
+            }
+        }
+        n
+    });
+    let mut last = 0u64;
+    let mut seen = 0u64;
+    loop {
+        let u = next_update(&mut sub).await;
+        let n = match &u.value {
+            Value::Array(a) => a[0].as_u64(),
+            v => v.as_u64(),
+        }
+        .expect("a counter");
+        assert_eq!(n, last + 1, "frames out of call order");
+        last = n;
+        seen += 1;
+        if seen == 60 / 4 * (1 + 500 + 20 + 4) {
+            break;
+        }
+    }
+    assert_eq!(sent.await.unwrap(), last);
+}
