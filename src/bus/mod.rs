@@ -21,7 +21,7 @@ mod rooms;
 pub mod router;
 mod subs;
 mod sys;
-pub(crate) mod tcp;
+mod tcp;
 pub mod telemetry;
 
 use std::net::SocketAddr;

@@ -94,8 +94,6 @@ enum Outcome {
 struct Conn {
     reader: Reader,
     writer: Writer,
-    /// The socket's write half for the handles' direct writes (plain TCP only).
-    direct: Option<SharedTcp>,
     heartbeat: Duration,
     resumed: bool,
 }
@@ -129,7 +127,7 @@ struct Driver {
     /// whether it is a resync.
     snap: Option<(u64, bool)>,
     wbuf: BytesMut,
-    /// Requests taken from the handles since the last write (see `direct.rs`).
+    /// Requests taken from the handles since the last write (see `outgoing.rs`).
     handled: usize,
     /// Whether some subscription is lagging (see [`Driver::recover`]).
     lagging: bool,
@@ -204,7 +202,8 @@ impl Driver {
                         let _ = f.send(Ok(()));
                     }
                     let outcome = self.run_conn(conn).await;
-                    self.shared.direct.detach(std::mem::take(&mut self.handled));
+                    self.shared.out.set_connected(false);
+                    self.shared.out.taken(std::mem::take(&mut self.handled));
                     match outcome {
                         Outcome::Stop => return,
                         Outcome::Lost(reason) => {
@@ -253,7 +252,7 @@ impl Driver {
                     }
                     Some(r) => {
                         self.request(r, false);
-                        self.shared.direct.taken(1);
+                        self.shared.out.taken(1);
                     }
                 },
             }
@@ -290,17 +289,16 @@ impl Driver {
                 })?))
             }
         };
-        // Plain TCP: tokio's own read half (a short read clears readiness: no `recv`
-        // that can only say `EAGAIN`), and a write half the handles share.
-        let (rd, mut writer, direct): (Box<dyn AsyncRead + Send + Unpin>, Writer, _) = match io {
+        // Plain TCP: tokio's own halves (a short read clears readiness there: no
+        // `recv` that can only say `EAGAIN` after each frame).
+        let (rd, mut writer): (Box<dyn AsyncRead + Send + Unpin>, Writer) = match io {
             Ok(s) => {
                 let (rd, wr) = s.into_split();
-                let wr = SharedTcp(Arc::new(wr));
-                (Box::new(rd), Box::new(wr.clone()), Some(wr))
+                (Box::new(rd), Box::new(wr))
             }
             Err(io) => {
                 let (rd, wr) = tokio::io::split(io);
-                (Box::new(rd), Box::new(wr), None)
+                (Box::new(rd), Box::new(wr))
             }
         };
         let mut reader = FramedRead::new(
@@ -363,7 +361,6 @@ impl Driver {
                 Ok(Conn {
                     reader,
                     writer,
-                    direct,
                     heartbeat: Duration::from_millis(heartbeat_ms.max(1)),
                     resumed,
                 })
@@ -431,11 +428,12 @@ impl Driver {
         }
     }
 
-    /// Says goodbye: no more direct writes, then what one left, the buffer and `bye`.
+    /// Says goodbye: the handles' frames, the driver's own, then `bye`.
     async fn goodbye(&mut self, conn: &mut Conn) {
-        let rest = self.shared.direct.detach(0);
+        self.shared.out.set_connected(false);
+        let out = self.shared.out.take();
         self.write(&ClientMsg::Bye { reason: None });
-        let _ = conn.writer.write_all(&rest).await;
+        let _ = conn.writer.write_all(&out).await;
         let _ = conn.writer.write_all(&self.wbuf).await;
         let _ = conn.writer.shutdown().await;
     }
@@ -451,13 +449,12 @@ impl Driver {
         let mut last_rx = Instant::now();
         // While a subscription lags, check often whether the application drained it.
         let mut recheck = tokio::time::interval(RECOVER_CHECK);
-        self.shared.direct.attach(conn.direct.clone());
+        self.shared.out.set_connected(true);
         loop {
-            // The driver holds the socket while it writes: first what a handle's
-            // direct write left, then its own buffer.
-            let rest = self.shared.direct.claim();
+            // The handles' frames first, then the driver's own.
+            let out = self.shared.out.take();
             let written = async {
-                conn.writer.write_all(&rest).await?;
+                conn.writer.write_all(&out).await?;
                 conn.writer.write_all(&self.wbuf).await
             }
             .await;
@@ -465,12 +462,10 @@ impl Driver {
             if let Err(e) = written {
                 return Outcome::Lost(format!("write failed: {e}"));
             }
-            self.shared
-                .direct
-                .release(std::mem::take(&mut self.handled));
+            self.shared.out.taken(std::mem::take(&mut self.handled));
             tokio::select! {
-                // A handle's direct write left the end of a frame for the driver.
-                _ = self.shared.direct.wake.notified() => {}
+                // Frames from the handles in an empty buffer.
+                _ = self.shared.out.wake.notified() => {}
                 // Frames from the bus (every buffered frame before the next read).
                 next = conn.reader.next() => match next {
                     None => {

@@ -24,8 +24,8 @@
 //! # Ok(()) }
 //! ```
 
-mod direct;
 mod driver;
+mod outgoing;
 pub mod telemetry;
 
 pub use telemetry::{StreamStats, TelemetryStats, TelemetrySubscription, TelemetryValue};
@@ -387,8 +387,8 @@ pub(crate) struct Shared {
     rtt_us: AtomicU64,
     /// The telemetry link (UDP, or the in-process hub).
     link: telemetry::LinkHandle,
-    /// The socket, for fire-and-forget frames written by the caller's task.
-    direct: direct::Direct,
+    /// Fire-and-forget frames encoded by the handles, for the driver's next write.
+    out: outgoing::Outgoing,
 }
 
 /// The `streams` list of a `tsub` answer (or of a `streams` message).
@@ -435,7 +435,7 @@ impl Client {
                 Endpoint::Local(c) => Some(c.hub()),
                 Endpoint::Tcp(_) | Endpoint::Tls(..) => None,
             }),
-            direct: direct::Direct::default(),
+            out: outgoing::Outgoing::default(),
         });
         let opts = Arc::new(opts);
         let client = Client {
@@ -490,10 +490,10 @@ impl Client {
     }
 
     async fn send(&self, req: Req) -> Result<(), Error> {
-        // Counted until the driver has written it, so no direct write overtakes it.
-        self.shared.direct.queued();
+        // Counted until the driver has written it, so no publish overtakes it.
+        self.shared.out.queued();
         self.tx.send(req).await.map_err(|_| {
-            self.shared.direct.taken(1);
+            self.shared.out.taken(1);
             Error::Closed
         })
     }
@@ -501,14 +501,14 @@ impl Client {
     /// Hands a request to the driver without waiting (dropped when its queue is
     /// full or it is gone).
     fn try_send(tx: &mpsc::Sender<Req>, shared: &Shared, req: Req) {
-        shared.direct.queued();
+        shared.out.queued();
         if tx.try_send(req).is_err() {
-            shared.direct.taken(1);
+            shared.out.taken(1);
         }
     }
 
-    /// A `pub` written by this task straight to the socket when it is free (see
-    /// `direct.rs`), else handed to the driver.
+    /// A `pub` encoded by this task into the driver's outgoing buffer (see
+    /// `outgoing.rs`), else handed to the driver through its queue.
     async fn fire_pub(
         &self,
         topic: &str,
@@ -516,11 +516,11 @@ impl Client {
         retain: bool,
         quality: Option<Quality>,
     ) -> Result<(), Error> {
-        let written = self
+        let taken = self
             .shared
-            .direct
-            .write(|b| crate::protocol::encode_pub(b, topic, &value, retain, None, quality));
-        if written {
+            .out
+            .push(|b| crate::protocol::encode_pub(b, topic, &value, retain, None, quality));
+        if taken {
             return Ok(());
         }
         self.fire(ClientMsg::Pub {

@@ -334,10 +334,10 @@ async fn a_snapshot_larger_than_every_queue_arrives_whole() {
 }
 
 /// A client's frames reach the bus in the order of its calls, whichever way each
-/// leaves it: written by the caller (an isolated publish), gathered into the driver's
-/// next write (a burst), through the driver's queue (acknowledged publishes, and
-/// publishes behind them), or split by a full socket buffer (large values, read
-/// slowly). Every value is one more than the previous on one topic.
+/// leaves it: encoded by the caller into the driver's outgoing buffer (`publish_nowait`,
+/// alone or in a burst), or through the driver's request queue (acknowledged
+/// publishes, the publishes right behind them, and whatever follows a full buffer:
+/// 4 MiB values). Every value is one more than the previous on one topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_publishes_arrive_in_call_order_on_every_path() {
     let mut cfg = config();
@@ -353,14 +353,14 @@ async fn a_clients_publishes_arrive_in_call_order_on_every_path() {
     let mut sub = panel.subscribe(&["order/#"]).await.expect("subscribe");
     assert!(matches!(next(&mut sub).await, SubEvent::Synced { .. }));
 
-    // 4 MiB values are more than the socket takes at once.
+    // 4 MiB values: more than the outgoing buffer holds.
     let big = vec![7u8; 4 << 20];
     let p = publisher.clone();
     let sent = tokio::spawn(async move {
         let mut n = 0u64;
         for round in 0..60u64 {
             match round % 4 {
-                // One publish, then a pause: the caller writes it.
+                // One publish, then a pause.
                 0 => {
                     n += 1;
                     p.publish_nowait("order/n", Value::from(n), false)
@@ -368,7 +368,7 @@ async fn a_clients_publishes_arrive_in_call_order_on_every_path() {
                         .unwrap();
                     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 }
-                // A burst: gathered for the driver.
+                // A burst: one write of the driver's for many frames.
                 1 => {
                     for _ in 0..500 {
                         n += 1;
@@ -390,8 +390,8 @@ async fn a_clients_publishes_arrive_in_call_order_on_every_path() {
                         }
                     }
                 }
-                // Large values, each written by the caller: the kernel takes part,
-                // the driver writes the rest; small ones right behind them.
+                // Large values (each fills the outgoing buffer), small ones right
+                // behind them.
                 _ => {
                     for _ in 0..2 {
                         n += 1;
