@@ -23,7 +23,6 @@ use super::{
     Answer, Client, ClientOptions, ConnectionEvent, Endpoint, Error, IncomingCommand, Req,
     RoomEvent, Shared, SubEvent,
 };
-use crate::bus::tcp::SharedTcp;
 use crate::model::DeviceDescriptor;
 use crate::protocol::{
     decode_bus, encode_client_into, encode_into, BusMsg, ClientMsg, Epoch, ErrorCode, Resume, Seq,
