@@ -424,13 +424,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         }
                         Ok(ClientMsg::Pong { .. }) => {}
                         Ok(ClientMsg::Bye { .. }) => return ("goodbye".into(), true, false),
-                        // Telemetry requests go to the hub, never through the router.
+                        // Telemetry requests go to the hub, never through the router
+                        // (what was routed before is flushed first: the hub's queue
+                        // may make this wait).
                         Ok(ClientMsg::Tsub { id, filter, hz }) => {
+                            routed.now();
                             if ctx.hub.ctl.send(HubMsg::Subscribe { conn, id, filter, hz }).await.is_err() {
                                 return ("bus stopping".into(), false, false);
                             }
                         }
                         Ok(ClientMsg::Tunsub { id, sub }) => {
+                            routed.now();
                             if ctx.hub.ctl.send(HubMsg::Unsubscribe { conn, id, sub }).await.is_err() {
                                 return ("bus stopping".into(), false, false);
                             }
@@ -497,13 +501,20 @@ struct Flush<'a> {
     armed: bool,
 }
 
-impl Drop for Flush<'_> {
-    fn drop(&mut self) {
-        if self.armed {
+impl Flush<'_> {
+    /// Flushes now, if anything was routed since the last flush.
+    fn now(&mut self) {
+        if std::mem::take(&mut self.armed) {
             if let Some(mut r) = self.core.lock() {
                 r.flush_dirty();
             }
         }
+    }
+}
+
+impl Drop for Flush<'_> {
+    fn drop(&mut self) {
+        self.now();
     }
 }
 

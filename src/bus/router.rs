@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -206,8 +207,8 @@ pub(super) struct ControlFields<'a> {
 }
 
 /// The router behind its lock, shared by the router's task and every connection's
-/// reader. A panic while the lock is held poisons it; every later `lock` then says
-/// `None`, and the bus stops serving (as it did when the router was one task).
+/// reader. A panic while the lock is held poisons it: every later `lock` then says
+/// `None`, readers end their connections, and the router's task cancels the bus.
 pub struct RouterCore(Mutex<Router>);
 
 impl RouterCore {
@@ -372,23 +373,35 @@ impl Router {
         };
         let mut tick = tokio::time::interval(Duration::from_millis(interval));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The next command deadline. Readers insert deadlines too: the queue wakes
-        // this task when one goes in ahead of those it holds.
-        let deadline = || {
-            std::future::poll_fn(|cx| match core.lock() {
-                Some(mut r) => match r.deadlines.poll_expired(cx) {
-                    std::task::Poll::Ready(Some(e)) => std::task::Poll::Ready(Some(e.into_inner())),
-                    _ => std::task::Poll::Pending,
-                },
-                None => std::task::Poll::Ready(None),
+        // Command deadlines, run out in the same lock hold that takes them from the
+        // queue: a reply that a reader handles in between would otherwise settle a
+        // command whose deadline is already gone from it. Readers insert deadlines
+        // too; the queue wakes this task when one goes in ahead of those it holds.
+        // Ready(false): the lock is poisoned.
+        let deadlines = || {
+            std::future::poll_fn(|cx| {
+                let Some(mut r) = core.lock() else {
+                    return Poll::Ready(false);
+                };
+                let mut fired = false;
+                while let Poll::Ready(Some(e)) = r.deadlines.poll_expired(cx) {
+                    r.command_timeout(e.into_inner());
+                    fired = true;
+                }
+                if fired {
+                    r.flush_dirty();
+                    Poll::Ready(true)
+                } else {
+                    Poll::Pending
+                }
             })
         };
         loop {
             enum Work {
                 Msgs,
                 Held,
-                Expired(u64),
                 Tick,
+                Done,
             }
             let work = tokio::select! {
                 // Shutdown first, so a flood of messages cannot delay it.
@@ -408,32 +421,50 @@ impl Router {
                         None => std::future::pending().await,
                     }
                 } => Work::Held,
-                expired = deadline() => match expired {
-                    Some(cmd) => Work::Expired(cmd),
-                    None => break,
-                },
+                alive = deadlines() => {
+                    if !alive {
+                        break;
+                    }
+                    Work::Done
+                }
                 // Housekeeping: expire sessions past their grace, refresh `$sys`.
                 _ = tick.tick() => Work::Tick,
             };
-            let Some(mut r) = core.lock() else { break };
             match work {
+                // One message per lock hold, so readers wait behind one connect (or
+                // resume) at most, not behind a whole batch.
                 Work::Msgs => {
                     for msg in batch.drain(..) {
+                        let Some(mut r) = core.lock() else { break };
                         r.handle(msg);
                     }
                 }
-                Work::Held => r.release_held(),
-                Work::Expired(cmd) => r.command_timeout(cmd),
-                Work::Tick => {
-                    r.expire_sessions();
-                    r.publish_sys();
+                Work::Held => {
+                    if let Some(mut r) = core.lock() {
+                        r.release_held();
+                    }
                 }
+                Work::Tick => {
+                    if let Some(mut r) = core.lock() {
+                        r.expire_sessions();
+                        r.publish_sys();
+                    }
+                }
+                Work::Done => continue,
             }
+            let Some(mut r) = core.lock() else { break };
             r.flush_dirty();
         }
-        if let Some(mut r) = core.lock() {
-            r.shutdown();
+        if core.0.is_poisoned() {
+            // A panic under the lock: the state may be half-changed, so the bus stops
+            // (every connection hears `bye` below, if the state still allows it).
+            tracing::error!("the router panicked: the bus is stopping");
+            cancel.cancel();
         }
+        core.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .shutdown();
     }
 
     /// End of a batch: every outbox that got frames writes them (directly to its

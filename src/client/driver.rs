@@ -128,6 +128,10 @@ struct Driver {
     wbuf: BytesMut,
     /// Requests taken from the handles since the last write (see `outgoing.rs`).
     handled: usize,
+    /// Publishes the handles had encoded when the connection was lost: sent on the
+    /// next one after the restored requests and before the parked messages (their
+    /// place in call order).
+    stale: BytesMut,
     /// Whether some subscription is lagging (see [`Driver::recover`]).
     lagging: bool,
     /// Subscriptions an event goes to (reused).
@@ -168,6 +172,7 @@ pub(crate) async fn run(
         snap: None,
         wbuf: BytesMut::with_capacity(16 * 1024),
         handled: 0,
+        stale: BytesMut::new(),
         targets: Vec::new(),
         lagging: false,
         last_error: None,
@@ -203,6 +208,8 @@ impl Driver {
                     let outcome = self.run_conn(conn).await;
                     self.shared.out.set_connected(false);
                     self.shared.out.taken(std::mem::take(&mut self.handled));
+                    let left = self.shared.out.take();
+                    self.stale.extend_from_slice(&left);
                     match outcome {
                         Outcome::Stop => return,
                         Outcome::Lost(reason) => {
@@ -414,6 +421,8 @@ impl Driver {
         for msg in resend {
             self.write(&msg);
         }
+        let stale = std::mem::take(&mut self.stale);
+        self.wbuf.extend_from_slice(&stale);
         while let Some(msg) = self.parked.pop_front() {
             self.write(&msg);
         }
@@ -448,7 +457,9 @@ impl Driver {
         let mut last_rx = Instant::now();
         // While a subscription lags, check often whether the application drained it.
         let mut recheck = tokio::time::interval(RECOVER_CHECK);
-        self.shared.out.set_connected(true);
+        // Handles encode into the outgoing buffer only once this connection's first
+        // write (the restored state, then what was parked) is out.
+        let mut first = true;
         loop {
             // The handles' frames first, then the driver's own.
             let out = self.shared.out.take();
@@ -462,6 +473,9 @@ impl Driver {
                 return Outcome::Lost(format!("write failed: {e}"));
             }
             self.shared.out.taken(std::mem::take(&mut self.handled));
+            if std::mem::take(&mut first) {
+                self.shared.out.set_connected(true);
+            }
             tokio::select! {
                 // Frames from the handles in an empty buffer.
                 _ = self.shared.out.wake.notified() => {}

@@ -490,12 +490,13 @@ impl Client {
     }
 
     async fn send(&self, req: Req) -> Result<(), Error> {
-        // Counted until the driver has written it, so no publish overtakes it.
+        // Counted until the driver has written it, so no publish overtakes it. The
+        // slot is reserved first, so a caller that gives up waiting for it (a
+        // timeout, a `select!`) leaves nothing counted.
+        let permit = self.tx.reserve().await.map_err(|_| Error::Closed)?;
         self.shared.out.queued();
-        self.tx.send(req).await.map_err(|_| {
-            self.shared.out.taken(1);
-            Error::Closed
-        })
+        permit.send(req);
+        Ok(())
     }
 
     /// Hands a request to the driver without waiting (dropped when its queue is
