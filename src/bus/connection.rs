@@ -7,7 +7,7 @@
 //! writer (takes everything queued, writes it with one reused buffer, flushes once).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -378,6 +378,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut ping = 0u64;
     let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // This client's frames waiting in the router's channel (see below).
+    let behind = Arc::new(AtomicUsize::new(0));
     // Takes the frames already buffered behind the one `reader` yielded. A second
     // decoder on the same buffer is sound: a `FrameDecoder` keeps no state between
     // frames (its codec only ever sees whole frames).
@@ -439,13 +441,20 @@ async fn read_loop<R: AsyncRead + Unpin>(
                                 return ("bus stopping".into(), false, false);
                             }
                         }
-                        Ok(msg) => {
-                            let Some(mut r) = ctx.core.lock() else {
-                                return ("bus stopping".into(), false, false);
-                            };
-                            r.handle(RouterMsg::Client { session, conn, msg });
-                            routed.armed = true;
-                        }
+                        Ok(msg) => match route_now(&ctx.core, &behind, session, conn, msg) {
+                            Routed::Done => routed.armed = true,
+                            Routed::Stopped => return ("bus stopping".into(), false, false),
+                            // Queued behind this client's frames in the router's
+                            // channel, in order, without blocking the worker thread.
+                            Routed::Busy(msg) => {
+                                routed.now();
+                                behind.fetch_add(1, Ordering::AcqRel);
+                                let queued = RouterMsg::Client { session, conn, msg, behind: Some(behind.clone()) };
+                                if ctx.router.send(queued).await.is_err() {
+                                    return ("bus stopping".into(), false, false);
+                                }
+                            }
+                        },
                         Err(e) => {
                             outbox.close(Some(error_frame(e.code(), e.to_string())));
                             return (format!("{}: {e}", e.code()), false, false);
@@ -494,8 +503,51 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
+/// What became of a client's frame offered to the router.
+enum Routed {
+    /// Applied under the lock.
+    Done,
+    /// The lock is held, or frames of this client wait in the router's channel.
+    Busy(ClientMsg),
+    /// The router panicked: the bus is stopping.
+    Stopped,
+}
+
+/// Applies a client's frame under the router's lock if the lock is free and none of
+/// the client's frames wait in the router's channel (`behind`), never waiting for it.
+fn route_now(
+    core: &RouterCore,
+    behind: &AtomicUsize,
+    session: SessionId,
+    conn: ConnId,
+    msg: ClientMsg,
+) -> Routed {
+    if behind.load(Ordering::Acquire) != 0 {
+        return Routed::Busy(msg);
+    }
+    match core.try_lock() {
+        Ok(mut r) => {
+            r.handle(RouterMsg::Client {
+                session,
+                conn,
+                msg,
+                behind: None,
+            });
+            Routed::Done
+        }
+        Err(true) => Routed::Busy(msg),
+        Err(false) => Routed::Stopped,
+    }
+}
+
 /// Flushes the outboxes the router touched, when dropped armed: the end of a reader's
 /// batch of routed frames, however the batch ends.
+///
+/// Without waiting for the lock: if somebody holds it, that holder flushes. Every
+/// hold ends in a flush attempt (the router's task flushes after each piece of work,
+/// its deadline check included; a reader at the end of its batch), and an attempt
+/// fails only while another holder exists, whose own attempt comes later; the last
+/// holder finds the lock free.
 struct Flush<'a> {
     core: &'a RouterCore,
     armed: bool,
@@ -505,7 +557,7 @@ impl Flush<'_> {
     /// Flushes now, if anything was routed since the last flush.
     fn now(&mut self) {
         if std::mem::take(&mut self.armed) {
-            if let Some(mut r) = self.core.lock() {
+            if let Ok(mut r) = self.core.try_lock() {
                 r.flush_dirty();
             }
         }

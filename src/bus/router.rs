@@ -20,7 +20,8 @@
 //! against the session's [`Grant`] before it touches state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -107,10 +108,14 @@ pub enum RouterMsg {
         outbox: Arc<Outbox>,
         reply: oneshot::Sender<SessionId>,
     },
+    /// A client's frame. Its reader applies it under the lock itself when it can;
+    /// through the channel, `behind` is the reader's count of its frames there,
+    /// taken down as each is applied (the reader sends none directly until it is 0).
     Client {
         session: SessionId,
         conn: ConnId,
         msg: ClientMsg,
+        behind: Option<Arc<AtomicUsize>>,
     },
     Disconnected {
         session: SessionId,
@@ -219,6 +224,17 @@ impl RouterCore {
     /// The router, or `None` once a panic under the lock has poisoned it.
     pub(super) fn lock(&self) -> Option<MutexGuard<'_, Router>> {
         self.0.lock().ok()
+    }
+
+    /// The router if nobody holds it (`Err(true)`: somebody does; `Err(false)`:
+    /// poisoned). Readers never wait for the lock: a long hold (a 100,000-topic
+    /// snapshot, a resume's replay) would block their worker thread.
+    pub(super) fn try_lock(&self) -> Result<MutexGuard<'_, Router>, bool> {
+        match self.0.try_lock() {
+            Ok(r) => Ok(r),
+            Err(TryLockError::WouldBlock) => Err(true),
+            Err(TryLockError::Poisoned(_)) => Err(false),
+        }
     }
 }
 
@@ -388,8 +404,9 @@ impl Router {
                     r.command_timeout(e.into_inner());
                     fired = true;
                 }
+                // Every hold ends with a flush (see `connection::Flush`).
+                r.flush_dirty();
                 if fired {
-                    r.flush_dirty();
                     Poll::Ready(true)
                 } else {
                     Poll::Pending
@@ -508,9 +525,17 @@ impl Router {
                 outbox,
                 reply,
             } => self.connect(hello, conn, outbox, reply),
-            RouterMsg::Client { session, conn, msg } => {
+            RouterMsg::Client {
+                session,
+                conn,
+                msg,
+                behind,
+            } => {
                 if self.is_current(session, conn) {
                     self.client_msg(session, msg);
+                }
+                if let Some(b) = behind {
+                    b.fetch_sub(1, Ordering::AcqRel);
                 }
             }
             RouterMsg::Disconnected {

@@ -426,3 +426,70 @@ async fn a_clients_publishes_arrive_in_call_order_on_every_path() {
     }
     assert_eq!(sent.await.unwrap(), last);
 }
+
+/// While other clients' snapshots hold the router's lock, a publisher's frames are
+/// queued through the router's channel instead of waiting for it, and its later
+/// frames follow them there until they are applied: a subscriber still sees every
+/// value, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_keep_their_order_while_snapshots_hold_the_router() {
+    let mut cfg = config();
+    cfg.limits.outbox_frames = 1 << 20;
+    cfg.limits.outbox_bytes = 1 << 30;
+    let bus = bus(cfg).await;
+    let seeder = client(&bus, "seeder", Role::Tool).await;
+    for i in 0..20_000u64 {
+        seeder
+            .publish_nowait(&format!("big/t{i}"), Value::from(i), true)
+            .await
+            .unwrap();
+    }
+    seeder
+        .publish("big/done", Value::from(1), true)
+        .await
+        .unwrap();
+
+    let mut o = opts(&bus.tcp.to_string(), "order-panel", Role::Panel);
+    o.sub_queue = 1 << 20;
+    let panel = Client::connect(o).await.unwrap();
+    let mut sub = panel.subscribe(&["seq/n"]).await.expect("subscribe");
+    assert!(matches!(next(&mut sub).await, SubEvent::Synced { .. }));
+
+    // Snapshots of 20,000 topics, one after another, each under the lock.
+    let mut o = opts(&bus.tcp.to_string(), "snapshotter", Role::Panel);
+    o.sub_queue = 1 << 20;
+    let snapshotter = Client::connect(o).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let halt = stop.clone();
+    let snapshots = tokio::spawn(async move {
+        let mut taken = 0u32;
+        while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut s = snapshotter.subscribe(&["big/#"]).await.expect("subscribe");
+            while !matches!(next(&mut s).await, SubEvent::Synced { .. }) {}
+            taken += 1;
+        }
+        taken
+    });
+
+    // Paced, so that its frames keep arriving while snapshots are taken.
+    const N: u64 = 3_000;
+    let publisher = client(&bus, "seq-publisher", Role::Tool).await;
+    for n in 1..=N {
+        publisher
+            .publish_nowait("seq/n", Value::from(n), false)
+            .await
+            .unwrap();
+        if n % 10 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    for expected in 1..=N {
+        let u = next_update(&mut sub).await;
+        assert_eq!(u.value.as_u64(), Some(expected), "out of order or missing");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        snapshots.await.unwrap() > 0,
+        "no snapshot was taken meanwhile"
+    );
+}
