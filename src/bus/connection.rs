@@ -3,8 +3,9 @@
 //!
 //! Generic over the byte stream, so TCP connections and in-process adapters (a
 //! `tokio::io::duplex` pair) run exactly the same code. Tasks per connection: this
-//! reader (decodes frames, answers pings, forwards the rest to the router) and one
-//! writer (takes everything queued, writes it with one reused buffer, flushes once).
+//! reader (decodes frames, answers pings, applies the rest under the router's lock,
+//! or queues them to the router's task while the lock is held) and one writer (takes
+//! everything queued, writes it with one reused buffer, flushes once).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

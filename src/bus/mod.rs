@@ -1,10 +1,11 @@
-//! The bus process: listeners, the router task and their lifecycle.
+//! The bus process: listeners, the router and its task, and their lifecycle.
 //!
 //! ```text
-//!  TCP accept ─┐                      ┌─ router (one task: topics, retained, replay,
-//!  in-process ─┴─> connection tasks ──┤   sessions, rooms, devices, commands)
-//!   (duplex)      reader ──(ROUTER_QUEUE)──┘        │ try-push, never awaits
-//!                 writer <──── Outbox (bounded, conflating) <─┘
+//!  TCP accept ─┐                      ┌─ router (behind one lock: topics, retained,
+//!  in-process ─┴─> connection tasks ──┤   replay, sessions, rooms, devices, commands)
+//!   (duplex)      reader ── lock, apply ┘ (or ROUTER_QUEUE to the router's task when
+//!                    │                      the lock is held)   │ try-push,
+//!                 writer <──── Outbox (bounded, conflating) <───┘ never awaits
 //! ```
 //!
 //! [`start`] binds and spawns everything and returns a [`BusHandle`]; [`serve`] runs

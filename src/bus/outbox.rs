@@ -18,13 +18,15 @@
 //!   (`slow_consumer`), keeping its session for resume.
 //!
 //! **Direct writes.** The router queues its frames quietly (without waking the
-//! writer) and, at the end of each batch of messages, calls [`Outbox::flush`]: when
-//! the writer is idle and the connection is a TCP socket, the router writes
-//! everything queued with one non-blocking `write` — no task hand-off, one syscall
-//! per connection per batch. Whatever the socket does not take (or any other case)
-//! wakes the writer task, which finishes the job with ordinary awaits. Under load the
-//! writer is busy and batches grow; when idle, a message crosses the bus with one
-//! task hand-off (reader → router) instead of two.
+//! writer) and, at the end of each batch of messages, [`Outbox::flush`] is called:
+//! when the writer is idle, the connection is a TCP socket and what is queued is
+//! small (`DIRECT_MAX`), everything queued goes out with one non-blocking `write` —
+//! no task hand-off, one syscall per connection per batch. Whatever the socket does
+//! not take (or any other case: TLS, WebSocket and in-process connections, a busy
+//! writer, a large queue) wakes the writer task, which finishes the job with ordinary
+//! awaits. Under load the writer is busy and batches grow; when idle, a message
+//! read by one connection's reader reaches a TCP subscriber's socket in that reader's
+//! task.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
