@@ -473,3 +473,71 @@ async fn a_resumed_adapter_brings_its_devices_back() {
     }
     bus.shutdown().await;
 }
+
+/// Replies that race their command's deadline: each command is answered exactly once
+/// (the adapter's result or `timeout`), and the bus goes on serving. (A deadline taken
+/// from the queue in one hold of the router's lock and run out in a later one let a
+/// reply settle the command in between, and the router panicked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_racing_their_deadlines_are_answered_once_and_the_bus_goes_on() {
+    let bus = bus(config()).await;
+    let (_adapter, mut seen) = lab_adapter(&bus).await;
+    // The adapter answers each held command 20–30 ms after it arrived: around its
+    // 25 ms deadline.
+    let answering = tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Some(cmd) = seen.held.recv().await {
+            n += 1;
+            let delay = Duration::from_micros(20_000 + (n * 7_919) % 10_000);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                cmd.ok(Value::Nil).await;
+            });
+        }
+    });
+    // The panel's commands carry a 25 ms deadline.
+    let mut o = opts(&bus.tcp.to_string(), "racing-panel", Role::Panel);
+    o.command_timeout = Duration::from_millis(25);
+    let panel = Client::connect(o).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let p = panel.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut timed_out) = (0u32, 0u32);
+            for i in 0..40 {
+                match p
+                    .set("lab/dev/slow", Value::Boolean((t + i) % 2 == 0))
+                    .await
+                {
+                    Ok(_) => ok += 1,
+                    Err(e) if e.code == ErrorCode::Timeout => timed_out += 1,
+                    Err(e) => panic!("a command answered with {e}"),
+                }
+            }
+            (ok, timed_out)
+        }));
+    }
+    let (mut ok, mut timed_out) = (0, 0);
+    for t in tasks {
+        let (o, x) = within("the racing commands", t).await.unwrap();
+        ok += o;
+        timed_out += x;
+    }
+    assert_eq!(ok + timed_out, 160);
+    assert!(
+        ok > 0 && timed_out > 0,
+        "replies raced no deadline: {ok} ok, {timed_out} timed out"
+    );
+    // The bus still routes: a command through the adapter, a read.
+    within(
+        "a set after the race",
+        panel.set("lab/dev/level", Value::from(7)),
+    )
+    .await
+    .expect("set after the race");
+    within("a read after the race", panel.get("lab/dev/hours"))
+        .await
+        .expect("get after the race");
+    answering.abort();
+    bus.shutdown().await;
+}
