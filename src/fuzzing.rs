@@ -224,8 +224,8 @@ impl Router {
                 assert!(gate.period() >= std::time::Duration::from_millis(1));
             }
             ClientMsg::Get { topic, .. } => self.topic(&topic, None),
-            ClientMsg::Pub { topic, value, .. }
-            | ClientMsg::Set { topic, value, .. }
+            ClientMsg::Pub { topic, value, .. } => self.topic(&topic, Some(&value)),
+            ClientMsg::Set { topic, value, .. }
             | ClientMsg::Call {
                 topic, args: value, ..
             } => self.topic(&topic, Some(&value)),

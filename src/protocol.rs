@@ -8,6 +8,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use crate::model::{DeviceDescriptor, Quality};
 use crate::value::Value;
@@ -217,7 +218,9 @@ pub enum ClientMsg {
     Get { id: u64, topic: String },
     /// Publish. With `id`, the bus answers `puback` (or `error`).
     Pub {
-        topic: String,
+        /// Shared: the bus keeps this very string in its tables (one allocation per
+        /// publish, made by the decoder).
+        topic: Arc<str>,
         value: Value,
         #[serde(default)]
         retain: bool,
@@ -601,7 +604,7 @@ fn read_pub(body: &[u8]) -> Option<ClientMsg> {
         rd = rest;
         match key {
             b"t" if !t => (t, rd) = (true, expect_str(rd, b"pub")?),
-            b"topic" if topic.is_none() => (topic, rd) = some(read_string(rd)?),
+            b"topic" if topic.is_none() => (topic, rd) = some(read_shared(rd)?),
             b"value" if value.is_none() => (value, rd) = some(read_value(rd)?),
             b"retain" if retain.is_none() => (retain, rd) = some(read_bool(rd)?),
             b"id" if id.is_none() => (id, rd) = some(or_nil(rd, read_u64)?),
@@ -668,6 +671,11 @@ fn expect_str<'a>(rd: &'a [u8], want: &[u8]) -> Option<&'a [u8]> {
 /// A UTF-8 string, owned.
 fn read_string(rd: &[u8]) -> Option<(String, &[u8])> {
     utf8_str(rd).map(|(s, rest)| (s.to_owned(), rest))
+}
+
+/// [`read_string`] into a shared string.
+fn read_shared(rd: &[u8]) -> Option<(Arc<str>, &[u8])> {
+    utf8_str(rd).map(|(s, rest)| (Arc::from(s), rest))
 }
 
 /// A field read, wrapped for the "seen" slot it fills.

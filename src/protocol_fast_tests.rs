@@ -261,7 +261,7 @@ proptest! {
         id in proptest::option::of(any_uint()),
         quality in any_quality(),
     ) {
-        let p = ClientMsg::Pub { topic, value, retain, id, quality };
+        let p = ClientMsg::Pub { topic: topic.into(), value, retain, id, quality };
         let mut fast = BytesMut::new();
         encode_client_into(&mut fast, &p);
         prop_assert_eq!(fast.freeze(), frame(&p));

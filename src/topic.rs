@@ -120,6 +120,15 @@ impl Topic {
         Ok(Topic(Arc::from(name)))
     }
 
+    /// [`Topic::new`] keeping the string it is given (no copy).
+    ///
+    /// # Errors
+    /// The first rule the name breaks.
+    pub fn from_shared(name: Arc<str>) -> Result<Topic, TopicError> {
+        check(&name, false)?;
+        Ok(Topic(name))
+    }
+
     /// The name as a string.
     pub fn as_str(&self) -> &str {
         &self.0

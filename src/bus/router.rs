@@ -913,7 +913,7 @@ impl Router {
                 retain,
                 id,
                 quality,
-            } => self.client_publish(sid, id, &topic, value, retain, quality),
+            } => self.client_publish(sid, id, topic, value, retain, quality),
             ClientMsg::Set {
                 id,
                 topic,
@@ -971,12 +971,12 @@ impl Router {
         &mut self,
         sid: SessionId,
         id: Option<u64>,
-        raw: &str,
+        raw: Arc<str>,
         value: Value,
         retain: bool,
         quality: Option<Quality>,
     ) {
-        let topic = match Topic::new(raw) {
+        let topic = match Topic::from_shared(raw.clone()) {
             Ok(t) => t,
             Err(e) => return self.error(sid, id, ErrorCode::InvalidTopic, format!("{raw:?}: {e}")),
         };

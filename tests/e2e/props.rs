@@ -413,7 +413,7 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
             option::of(quality())
         )
             .prop_map(|(topic, value, retain, id, quality)| ClientMsg::Pub {
-                topic,
+                topic: topic.into(),
                 value,
                 retain,
                 id,
