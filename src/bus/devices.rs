@@ -116,6 +116,7 @@ impl Router {
                 display: display.as_deref(),
                 target: target.as_ref(),
                 deadline,
+                time: None,
             },
         );
     }

@@ -209,6 +209,9 @@ pub(super) struct ControlFields<'a> {
     pub display: Option<&'a str>,
     pub target: Option<&'a Value>,
     pub deadline: Option<u64>,
+    /// The update's time (ms since the epoch); `None`: now. A journaled publish
+    /// passes the time it journaled, so a restart restores the same time.
+    pub time: Option<u64>,
 }
 
 /// The router behind its lock, shared by the router's task and every connection's
@@ -830,7 +833,7 @@ impl Router {
                 seq,
                 topic,
                 value,
-                time: now_ms(),
+                time: ctl.time.unwrap_or_else(now_ms),
                 retain,
                 quality: ctl.quality,
                 position: ctl.position,
@@ -1024,7 +1027,8 @@ impl Router {
                     );
                 }
                 let topic = topic.shared();
-                let lsn = match self.journal_append(&topic, &value, retain) {
+                let time = now_ms();
+                let lsn = match self.journal_append(&topic, &value, retain, time) {
                     Ok(lsn) => lsn,
                     Err(e) => {
                         let code = match e {
@@ -1034,7 +1038,11 @@ impl Router {
                         return self.error(sid, id, code, format!("{topic}: {e}"));
                     }
                 };
-                let seq = self.publish(&topic, &value, retain, ControlFields::default());
+                let at = ControlFields {
+                    time: Some(time),
+                    ..ControlFields::default()
+                };
+                let seq = self.publish(&topic, &value, retain, at);
                 if let (Some(lsn), Some(id)) = (lsn, id) {
                     if self.journal.as_ref().is_some_and(Journal::acks_wait) {
                         self.held.push_back(HeldAck {
@@ -1063,6 +1071,7 @@ impl Router {
         topic: &Arc<str>,
         value: &Value,
         retain: bool,
+        time: u64,
     ) -> Result<Option<u64>, JournalError> {
         let Some(j) = &mut self.journal else {
             return Ok(None);
@@ -1070,7 +1079,7 @@ impl Router {
         if !retain || (value.is_nil() && !self.retained.contains_key(&**topic)) {
             return Ok(None);
         }
-        j.append(topic, value, now_ms(), None).map(Some)
+        j.append(topic, value, time, None).map(Some)
     }
 
     /// Acknowledgements waiting for the disk.
