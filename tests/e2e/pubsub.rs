@@ -35,15 +35,21 @@ fn check_consecutive(seen: &HashMap<String, Vec<u64>>) {
     }
 }
 
+/// A test configuration whose per-connection queues never overflow here (for tests
+/// about order and seams, not the slow-consumer policy).
+fn roomy_config() -> avbus::config::Config {
+    let mut cfg = config();
+    cfg.limits.outbox_frames = 1 << 20;
+    cfg.limits.outbox_bytes = 1 << 30;
+    cfg
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_then_live_without_gap_or_duplicate_under_load() {
     // Queues large enough that the slow-consumer policy never engages here: this test
     // is about the seam between snapshot and live stream (a debug-build reader may
     // fall behind a full-speed publisher; `slow.rs` covers that policy).
-    let mut cfg = config();
-    cfg.limits.outbox_frames = 1 << 20;
-    cfg.limits.outbox_bytes = 1 << 30;
-    let bus = bus(cfg).await;
+    let bus = bus(roomy_config()).await;
     let publisher = client(&bus, "publisher", Role::Tool).await;
     // Seed every topic, so the snapshot holds all of them.
     publish_run(&publisher, "load", 0, TOPICS).await;
@@ -104,10 +110,7 @@ async fn snapshot_then_live_without_gap_or_duplicate_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_replays_exactly_what_was_missed() {
-    let mut cfg = config();
-    cfg.limits.outbox_frames = 1 << 20;
-    cfg.limits.outbox_bytes = 1 << 30;
-    let bus = bus(cfg).await;
+    let bus = bus(roomy_config()).await;
     let proxy = Proxy::start(bus.tcp).await;
     let publisher = client(&bus, "publisher", Role::Tool).await;
     publish_run(&publisher, "r", 0, TOPICS).await;
@@ -340,9 +343,7 @@ async fn a_snapshot_larger_than_every_queue_arrives_whole() {
 /// 4 MiB values). Every value is one more than the previous on one topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_publishes_arrive_in_call_order_on_every_path() {
-    let mut cfg = config();
-    cfg.limits.outbox_frames = 1 << 20;
-    cfg.limits.outbox_bytes = 1 << 30;
+    let mut cfg = roomy_config();
     cfg.limits.max_frame_bytes = 8 << 20;
     let bus = bus(cfg).await;
     let publisher = client(&bus, "ordered-publisher", Role::Tool).await;
@@ -360,7 +361,7 @@ async fn a_clients_publishes_arrive_in_call_order_on_every_path() {
         let mut n = 0u64;
         for round in 0..60u64 {
             match round % 4 {
-                // One publish, then a pause.
+                // One publish, alone on the wire.
                 0 => {
                     n += 1;
                     p.publish_nowait("order/n", Value::from(n), false)
@@ -401,7 +402,7 @@ async fn a_clients_publishes_arrive_in_call_order_on_every_path() {
                         p.publish_nowait("order/n", Value::from(n), false)
                             .await
                             .unwrap();
-                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        p.ping().await.unwrap();
                     }
                 }
             }
@@ -433,10 +434,7 @@ async fn a_clients_publishes_arrive_in_call_order_on_every_path() {
 /// value, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_keep_their_order_while_snapshots_hold_the_router() {
-    let mut cfg = config();
-    cfg.limits.outbox_frames = 1 << 20;
-    cfg.limits.outbox_bytes = 1 << 30;
-    let bus = bus(cfg).await;
+    let bus = bus(roomy_config()).await;
     let seeder = client(&bus, "seeder", Role::Tool).await;
     for i in 0..20_000u64 {
         seeder
@@ -471,7 +469,8 @@ async fn publishes_keep_their_order_while_snapshots_hold_the_router() {
         taken
     });
 
-    // Paced, so that its frames keep arriving while snapshots are taken.
+    // Paced by round trips to the bus, so that its frames keep arriving while
+    // snapshots are taken.
     const N: u64 = 3_000;
     let publisher = client(&bus, "seq-publisher", Role::Tool).await;
     for n in 1..=N {
@@ -480,7 +479,7 @@ async fn publishes_keep_their_order_while_snapshots_hold_the_router() {
             .await
             .unwrap();
         if n % 10 == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            publisher.ping().await.unwrap();
         }
     }
     for expected in 1..=N {
