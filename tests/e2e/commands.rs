@@ -482,40 +482,59 @@ async fn a_resumed_adapter_brings_its_devices_back() {
 async fn replies_racing_their_deadlines_are_answered_once_and_the_bus_goes_on() {
     let bus = bus(config()).await;
     let (_adapter, mut seen) = lab_adapter(&bus).await;
-    // The panel's commands carry a 25 ms deadline.
-    let mut o = opts(&bus.tcp.to_string(), "racing-panel", Role::Panel);
-    o.command_timeout = Duration::from_millis(25);
-    let panel = Client::connect(o).await.unwrap();
-    // Each round sends two commands at once; the adapter holds both. When the first
-    // comes back `timeout`, the second's deadline is due that same moment, and the
-    // adapter answers it then: the answer races the deadline.
-    let (mut ok, mut timed_out) = (0u32, 0u32);
-    for i in 0..80 {
-        let (p1, p2) = (panel.clone(), panel.clone());
+    // Deadlines are whole milliseconds on the wire, so a panel per deadline: the first
+    // command of a round always carries 25 ms, the second 25 ms plus an offset.
+    let mut panels = std::collections::HashMap::new();
+    let mut panel_for = async |ms: u64| -> Client {
+        if let Some(p) = panels.get(&ms) {
+            return Client::clone(p);
+        }
+        let mut o = opts(&bus.tcp.to_string(), &format!("racing-{ms}"), Role::Panel);
+        o.command_timeout = Duration::from_millis(ms);
+        let p = Client::connect(o).await.unwrap();
+        panels.insert(ms, p.clone());
+        p
+    };
+    // Each round: the first command reaches the adapter, then the second; the adapter
+    // holds both. The moment the first comes back `timeout`, the adapter answers the
+    // second. The offset sweeps that answer across the second's deadline: well before it
+    // (+30 ms: answered), well after it (-10 ms: timed out), and at it (0 and +1 ms,
+    // the races, which either way must be answered once).
+    const OFFSETS: [i64; 8] = [-10, 0, 1, 0, 1, 2, 0, 30];
+    let (mut second_ok, mut second_timed_out) = (0u32, 0u32);
+    for round in 0..80 {
+        let offset = OFFSETS[round % OFFSETS.len()];
+        let (p1, p2) = (panel_for(25).await, panel_for((25 + offset) as u64).await);
         let first = tokio::spawn(async move { p1.set("lab/dev/slow", Value::Boolean(true)).await });
+        let a = within("the first held command", seen.held.recv())
+            .await
+            .unwrap();
         let second =
-            tokio::spawn(async move { p2.set("lab/dev/slow", Value::Boolean(i % 2 == 0)).await });
-        let a = within("a held command", seen.held.recv()).await.unwrap();
-        let b = within("a held command", seen.held.recv()).await.unwrap();
+            tokio::spawn(
+                async move { p2.set("lab/dev/slow", Value::Boolean(round % 2 == 0)).await },
+            );
+        let b = within("the second held command", seen.held.recv())
+            .await
+            .unwrap();
         let e = within("the first command", first)
             .await
             .unwrap()
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::Timeout, "{e}");
-        timed_out += 1;
         b.ok(Value::Nil).await;
         drop(a);
         match within("the second command", second).await.unwrap() {
-            Ok(_) => ok += 1,
-            Err(e) if e.code == ErrorCode::Timeout => timed_out += 1,
+            Ok(_) => second_ok += 1,
+            Err(e) if e.code == ErrorCode::Timeout => second_timed_out += 1,
             Err(e) => panic!("a command answered with {e}"),
         }
     }
-    assert_eq!(ok + timed_out, 160);
+    assert_eq!(second_ok + second_timed_out, 80);
     assert!(
-        ok > 0 && timed_out > 0,
-        "replies raced no deadline: {ok} ok, {timed_out} timed out"
+        second_ok > 0 && second_timed_out > 0,
+        "the sweep missed a side of the deadline: {second_ok} ok, {second_timed_out} timed out"
     );
+    let panel = panel_for(25).await;
     // The bus still routes: a command through the adapter, a read.
     within(
         "a set after the race",
