@@ -27,6 +27,7 @@ struct Bench {
 }
 
 struct TestDevice {
+    name: &'static str,
     bench: Arc<Bench>,
 }
 
@@ -34,7 +35,7 @@ impl Driver for TestDevice {
     fn descriptor(&self) -> DeviceDescriptor {
         DeviceDescriptor {
             room: "kit".into(),
-            name: "dev".into(),
+            name: self.name.into(),
             label: String::new(),
             class: "virtual".into(),
             driver: "test".into(),
@@ -107,10 +108,27 @@ async fn setup() -> (
     let bench = Arc::new(Bench::default());
     let b = bench.clone();
     let cancel = CancellationToken::new();
-    host.spawn(move || TestDevice { bench: b.clone() }, cancel.clone());
+    host.spawn(
+        move || TestDevice {
+            name: "dev",
+            bench: b.clone(),
+        },
+        cancel.clone(),
+    );
+    // A second device on the same host, whose answers prove that the host has
+    // dispatched every command it received before them.
+    host.spawn(
+        || TestDevice {
+            name: "probe",
+            bench: Arc::default(),
+        },
+        cancel.clone(),
+    );
     let panel = client(&bus, "panel", Role::Panel).await;
-    let mut sub = panel.subscribe(&["kit/dev/online"]).await.unwrap();
-    until(&mut sub, |u| u.value == Value::Boolean(true)).await;
+    for key in ["kit/dev/online", "kit/probe/online"] {
+        let mut sub = panel.subscribe(&[key]).await.unwrap();
+        until(&mut sub, |u| u.value == Value::Boolean(true)).await;
+    }
     (bus, bench, panel, cancel)
 }
 
@@ -135,6 +153,14 @@ async fn a_queued_set_is_superseded_by_a_newer_one() {
     let p = panel.clone();
     let third = tokio::spawn(async move { p.set("kit/dev/level", Value::from(3)).await });
     until(&mut sub, |u| u.target == Some(Value::from(3))).await;
+    // The bus has forwarded 3; a command to another device on the same host, sent
+    // after it and answered, proves that the host has handed 3 to the device's queue.
+    within(
+        "a command to the probe device",
+        panel.set("kit/probe/level", Value::from(9)),
+    )
+    .await
+    .unwrap();
     bench.gate.notify_one();
     within("first", first).await.unwrap().unwrap();
     let superseded = within("second", second).await.unwrap().unwrap();
