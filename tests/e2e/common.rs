@@ -89,6 +89,38 @@ pub async fn until(sub: &mut Subscription, mut pred: impl FnMut(&Update) -> bool
     }
 }
 
+/// Waits until the device `key` is online and each of `controls` shows a confirmed
+/// value (quality `ok`); returns the panel's subscription to `key/#`, positioned
+/// after that. The kit marks a device online before it publishes what it read, so
+/// `online` alone does not say that the values are there. (Which controls a device
+/// reports depends on its state: a projector in standby reports no input, so the
+/// test names the ones it reads.)
+pub async fn ready(panel: &Client, key: &str, controls: &[&str]) -> Subscription {
+    let online = format!("{key}/online");
+    let mut unconfirmed: std::collections::HashSet<String> =
+        controls.iter().map(|c| format!("{key}/{c}")).collect();
+    let mut sub = panel
+        .subscribe(&[&format!("{key}/#")])
+        .await
+        .expect("subscribe to the device");
+    let mut is_online = false;
+    // The snapshot then live updates; a control is confirmed by its latest record.
+    let mut confirmed = std::collections::HashSet::new();
+    while !is_online || !unconfirmed.is_empty() {
+        let u = next_update(&mut sub).await;
+        if u.topic == online {
+            is_online = u.value == Value::Boolean(true);
+        } else if u.quality == Some(Quality::Ok) && !u.value.is_nil() {
+            if unconfirmed.remove(&u.topic) {
+                confirmed.insert(u.topic);
+            }
+        } else if confirmed.remove(&u.topic) {
+            unconfirmed.insert(u.topic);
+        }
+    }
+    sub
+}
+
 /// Collects the snapshot (until `Synced`).
 pub async fn snapshot(sub: &mut Subscription) -> Vec<Update> {
     let mut out = Vec::new();

@@ -86,7 +86,12 @@ async fn reaches(sub: &mut Subscription, value: Value) {
     until(sub, |u| u.value == value).await;
 }
 
+/// Waits for the projector to be offline, or online with its power state shown.
 async fn online(panel: &Client, want: bool) {
+    if want {
+        ready(panel, DEVICE, &["power"]).await;
+        return;
+    }
     let mut sub = watch(panel, "online").await;
     reaches(&mut sub, Value::Boolean(want)).await;
 }
@@ -337,7 +342,7 @@ async fn refusals_from_the_projector_are_typed() {
 async fn front_panel_changes_reach_panels_by_polling() {
     let sim = start_sim(sim_config()).await;
     let (bus, panel, cancel) = rig(&entry(sim.addr(), 100)).await;
-    online(&panel, true).await;
+    ready(&panel, DEVICE, &["name", "error_status"]).await;
     assert_eq!(value(&panel, "name").await, s("avbus projector"));
     assert_eq!(value(&panel, "error_status").await, s("ok"));
     let mut all = panel.subscribe(&[&format!("{DEVICE}/+")]).await.unwrap();

@@ -256,8 +256,7 @@ async fn a_change_at_the_core_is_pushed_to_panels_without_a_poll() {
     // Real-Core keepalive and a poll (60 s) far beyond every wait (20 s): only the
     // AutoPoll push can bring the change in time.
     let r = rig(SimConfig::default(), None, 60_000).await;
-    let mut sub = r.panel.subscribe(&["hall/dsp/#"]).await.unwrap();
-    online(&mut sub, "dsp", true).await;
+    let mut sub = ready(&r.panel, "hall/dsp", &["Mic1.gain"]).await;
     assert_eq!(
         value_of(&r.panel, "hall/dsp/Mic1.gain").await,
         Value::F64(-10.0)

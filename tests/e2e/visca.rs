@@ -95,8 +95,7 @@ impl Rig {
             None => adapter::spawn(&host, &entry(cam), cancel.clone()),
         };
         let panel = client(&bus, "panel", Role::Panel).await;
-        let mut sub = panel.subscribe(&[&format!("{DEVICE}/#")]).await.unwrap();
-        seen(&mut sub, "online", |v| v == &Value::Boolean(true)).await;
+        let sub = ready(&panel, DEVICE, &["power"]).await;
         Rig {
             bus,
             panel,

@@ -59,14 +59,19 @@ struct Rig {
 }
 
 impl Rig {
+    /// Returns once the console is online with the values the tests read first shown.
     async fn start(settings: X32Settings) -> Rig {
         let bus = bus(config()).await;
         let host = Host::start(client(&bus, "x32-adapter", Role::Adapter).await).await;
         let cancel = CancellationToken::new();
         host.spawn(move || settings.driver(), cancel.clone());
         let panel = client(&bus, "panel", Role::Panel).await;
-        let mut sub = panel.subscribe(&[&format!("{DEVICE}/#")]).await.unwrap();
-        seen(&mut sub, "online", |v| v == &Value::Boolean(true)).await;
+        let sub = ready(
+            &panel,
+            DEVICE,
+            &["model", "ch01_name", "ch01_fader", "ch02_mute"],
+        )
+        .await;
         Rig {
             bus,
             panel,

@@ -30,6 +30,9 @@ pub struct View {
     pub resyncs: u32,
     /// `SubEvent::Synced` received (first snapshot, each replay, each resync).
     pub synced: u32,
+    /// Between a `Resync` and the `Synced` ending its snapshot: the map is partial
+    /// (a snapshot comes in topic order, not sequence order).
+    pub resyncing: bool,
     /// `SubEvent::Gap` received.
     pub gaps: u32,
     /// Updates received in all.
@@ -83,11 +86,14 @@ impl Tracked {
         bounded(what, limit, wait).await
     }
 
-    /// Waits until the panel shows `topic` at sequence `seq` (or later).
+    /// Waits until the panel shows `topic` at sequence `seq` (or later), with no
+    /// resync snapshot half applied. (Live updates and a resume's replay arrive in
+    /// sequence order, so everything before `seq` has arrived too; a snapshot's
+    /// records come in topic order, so only its end says that.)
     pub async fn reaches(&mut self, topic: &str, seq: Seq, limit: Duration) {
         let what = format!("the panel to show {topic} at seq {}", seq.0);
         self.until(&what, limit, |v| {
-            v.state.get(topic).is_some_and(|(_, s)| *s >= seq.0)
+            !v.resyncing && v.state.get(topic).is_some_and(|(_, s)| *s >= seq.0)
         })
         .await
     }
@@ -134,10 +140,14 @@ async fn keep(
                     }
                     SubEvent::Resync => {
                         v.resyncs += 1;
+                        v.resyncing = true;
                         v.state.clear();
                         v.quality.clear();
                     }
-                    SubEvent::Synced { .. } => v.synced += 1,
+                    SubEvent::Synced { .. } => {
+                        v.synced += 1;
+                        v.resyncing = false;
+                    }
                     SubEvent::Gap { .. } => v.gaps += 1,
                 }
             }
