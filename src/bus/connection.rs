@@ -38,6 +38,56 @@ const WRITE_CHUNK: usize = 64 * 1024;
 /// The read buffer's first capacity.
 const READ_START: usize = 1024;
 
+/// The read buffer's largest capacity between frames (a frame longer than this grows
+/// it for that frame only): what one read takes from a busy publisher.
+const READ_MAX: usize = 64 * 1024;
+
+/// Batches in a row that use under a quarter of the read buffer before it is halved.
+const READ_SHRINK_AFTER: u32 = 16;
+
+/// Sizes a connection's read buffer to its traffic, as nats-server does: doubled
+/// (up to [`READ_MAX`]) when a read filled it, halved (down to [`READ_START`]) after
+/// [`READ_SHRINK_AFTER`] reads in a row that used under a quarter of it. An idle panel
+/// keeps 1 KiB; a publisher's burst is taken in 64 KiB reads, one system call for
+/// hundreds of frames instead of one per handful.
+struct ReadSize {
+    target: usize,
+    small: u32,
+}
+
+impl ReadSize {
+    fn new() -> ReadSize {
+        ReadSize {
+            target: READ_START,
+            small: 0,
+        }
+    }
+
+    /// After the frames of a read were taken: `bytes` came in (taken frames and what
+    /// is left of a partial one). Leaves room for the next read.
+    fn after_read(&mut self, bytes: usize, buf: &mut BytesMut) {
+        if bytes >= self.target {
+            self.target = (self.target * 2).min(READ_MAX);
+            self.small = 0;
+        } else if bytes < self.target / 4 && self.target > READ_START {
+            self.small += 1;
+            if self.small >= READ_SHRINK_AFTER {
+                self.target /= 2;
+                self.small = 0;
+                if buf.is_empty() {
+                    // Gives the larger allocation back.
+                    *buf = BytesMut::with_capacity(self.target);
+                }
+            }
+        } else {
+            self.small = 0;
+        }
+        if buf.capacity() < self.target {
+            buf.reserve(self.target - buf.len());
+        }
+    }
+}
+
 /// What every connection needs from the bus.
 pub struct ConnCtx {
     pub cfg: Arc<Config>,
@@ -385,6 +435,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // decoder on the same buffer is sound: a `FrameDecoder` keeps no state between
     // frames (its codec only ever sees whole frames).
     let mut buffered = frame_decoder(max);
+    let mut read_size = ReadSize::new();
     loop {
         tokio::select! {
             // Frames from the client: this one and every complete frame already
@@ -402,7 +453,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 // The outboxes these frames touched are flushed once, when the batch
                 // ends (however it ends).
                 let mut routed = Flush { core: &ctx.core, armed: false };
+                let mut batch = 0;
                 loop {
+                    batch += LEN_PREFIX + body.len();
                     last_rx = Instant::now();
                     match rate.as_mut().map_or(Rate::Ok, |r| r.frame(body.len(), last_rx)) {
                         Rate::Ok => {}
@@ -474,6 +527,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         }
                     };
                 }
+                let left = reader.read_buffer().len();
+                read_size.after_read(batch + left, reader.read_buffer_mut());
             }
             // Over the rate: reading resumes once the buckets are out of debt; TCP
             // pushes back on the sender meanwhile.
@@ -681,4 +736,55 @@ async fn write_frame<W: AsyncWrite + Unpin>(wr: &mut W, buf: &mut BytesMut, f: B
     }
     buf.extend_from_slice(&f);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_buffer_grows_with_full_reads_and_shrinks_when_idle() {
+        let mut size = ReadSize::new();
+        let mut buf = BytesMut::with_capacity(READ_START);
+        // Reads that fill the buffer double it, up to the maximum.
+        while size.target < READ_MAX {
+            let before = size.target;
+            size.after_read(before, &mut buf);
+            assert_eq!(size.target, before * 2);
+            assert!(buf.capacity() >= size.target);
+        }
+        size.after_read(READ_MAX, &mut buf);
+        assert_eq!(size.target, READ_MAX, "never past the maximum");
+        // Reads of a third of it keep it; one short read in a run of full ones does
+        // not shrink it.
+        for _ in 0..100 {
+            size.after_read(READ_MAX / 3, &mut buf);
+        }
+        assert_eq!(size.target, READ_MAX);
+        for _ in 0..READ_SHRINK_AFTER - 1 {
+            size.after_read(10, &mut buf);
+        }
+        size.after_read(READ_MAX, &mut buf);
+        for _ in 0..READ_SHRINK_AFTER - 1 {
+            size.after_read(10, &mut buf);
+        }
+        assert_eq!(size.target, READ_MAX);
+        // A run of short reads halves it, and an empty buffer gives its memory back.
+        size.after_read(10, &mut buf);
+        assert_eq!(size.target, READ_MAX / 2);
+        assert!(buf.capacity() < READ_MAX, "{}", buf.capacity());
+        for _ in 0..READ_SHRINK_AFTER * 20 {
+            size.after_read(10, &mut buf);
+        }
+        assert_eq!(size.target, READ_START, "never below the start");
+        assert!(buf.capacity() < 2 * READ_START, "{}", buf.capacity());
+        // A partial frame left in the buffer is kept when it shrinks.
+        let mut size = ReadSize::new();
+        size.target = 4 * READ_START;
+        buf.extend_from_slice(b"partial");
+        for _ in 0..READ_SHRINK_AFTER {
+            size.after_read(10, &mut buf);
+        }
+        assert_eq!(&buf[..], b"partial");
+    }
 }
