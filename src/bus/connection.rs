@@ -50,13 +50,19 @@ const READ_SHRINK_AFTER: u32 = 16;
 /// [`READ_SHRINK_AFTER`] reads in a row that used under a quarter of it. An idle panel
 /// keeps 1 KiB; a publisher's burst is taken in 64 KiB reads, one system call for
 /// hundreds of frames instead of one per handful.
-struct ReadSize {
+pub struct ReadSize {
     target: usize,
     small: u32,
 }
 
+impl Default for ReadSize {
+    fn default() -> ReadSize {
+        ReadSize::new()
+    }
+}
+
 impl ReadSize {
-    fn new() -> ReadSize {
+    pub fn new() -> ReadSize {
         ReadSize {
             target: READ_START,
             small: 0,
@@ -65,7 +71,7 @@ impl ReadSize {
 
     /// After the frames of a read were taken: `bytes` came in (taken frames and what
     /// is left of a partial one). Leaves room for the next read.
-    fn after_read(&mut self, bytes: usize, buf: &mut BytesMut) {
+    pub fn after_read(&mut self, bytes: usize, buf: &mut BytesMut) {
         if bytes >= self.target {
             self.target = (self.target * 2).min(READ_MAX);
             self.small = 0;

@@ -16,13 +16,14 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, FramedRead};
 
 use super::telemetry::LinkMsg;
 use super::{
     Answer, Client, ClientOptions, ConnectionEvent, Endpoint, Error, IncomingCommand, Req,
     RoomEvent, Shared, SubEvent,
 };
+use crate::bus::{frame_decoder, FrameDecoder, ReadSize};
 use crate::model::DeviceDescriptor;
 use crate::protocol::{
     decode_bus, encode_client_into, encode_into, BusMsg, ClientMsg, Epoch, ErrorCode, Resume, Seq,
@@ -42,7 +43,7 @@ const HEARTBEAT_MISSES: u32 = 3;
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-type Reader = FramedRead<Box<dyn AsyncRead + Send + Unpin>, LengthDelimitedCodec>;
+type Reader = FramedRead<Box<dyn AsyncRead + Send + Unpin>, FrameDecoder>;
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// What the driver keeps to hand commands a [`Client`] (without keeping the
@@ -309,7 +310,7 @@ impl Driver {
         };
         let mut reader = FramedRead::new(
             rd,
-            crate::bus::codec(opts.max_frame + crate::protocol::BUS_ENVELOPE),
+            frame_decoder(opts.max_frame + crate::protocol::BUS_ENVELOPE),
         );
         let resume = self.session.map(|(session, epoch)| Resume {
             session,
@@ -460,6 +461,10 @@ impl Driver {
         // Handles encode into the outgoing buffer only once this connection's first
         // write (the restored state, then what was parked) is out.
         let mut first = true;
+        // Takes the whole frames behind the one the reader yielded (a `FrameDecoder`
+        // keeps no state between frames), and sizes the reads to the traffic.
+        let mut buffered = frame_decoder(self.opts.max_frame + crate::protocol::BUS_ENVELOPE);
+        let mut read_size = ReadSize::new();
         loop {
             // The handles' frames first, then the driver's own.
             let out = self.shared.out.take();
@@ -487,10 +492,23 @@ impl Driver {
                     Some(Err(e)) => return Outcome::Lost(format!("read failed: {e}")),
                     Some(Ok(body)) => {
                         last_rx = Instant::now();
-                        match decode_bus(&body) {
-                            Ok(msg) => self.frame(msg),
-                            Err(e) => return Outcome::Lost(format!("bad frame from the bus: {e}")),
+                        // This frame and every whole one already read behind it.
+                        let mut body = body;
+                        let mut bytes = 0;
+                        loop {
+                            bytes += crate::protocol::LEN_PREFIX + body.len();
+                            match decode_bus(&body) {
+                                Ok(msg) => self.frame(msg),
+                                Err(e) => return Outcome::Lost(format!("bad frame from the bus: {e}")),
+                            }
+                            body = match buffered.decode(conn.reader.read_buffer_mut()) {
+                                Ok(Some(b)) => b,
+                                Ok(None) => break,
+                                Err(e) => return Outcome::Lost(format!("read failed: {e}")),
+                            };
                         }
+                        let left = conn.reader.read_buffer().len();
+                        read_size.after_read(bytes + left, conn.reader.read_buffer_mut());
                     }
                 },
                 // Requests from the application, several per wake-up.
