@@ -378,13 +378,14 @@ impl Router {
         // The device key is the first two levels, looked up without allocating: this
         // runs for every publish.
         let t = topic.as_str();
-        let first = t.find('/')?;
-        let (key, rest) = match t[first + 1..].find('/') {
+        let slash = |s: &str| s.bytes().position(|b| b == b'/');
+        let first = slash(t)?;
+        let (key, rest) = match slash(&t[first + 1..]) {
             Some(i) => (&t[..first + 1 + i], Some(&t[first + 2 + i..])),
             None => (t, None),
         };
         let d = self.devices.get_mut(key)?;
-        let Some(control) = rest.filter(|c| !c.contains('/')) else {
+        let Some(control) = rest.filter(|c| slash(c).is_none()) else {
             return Some(Err((
                 ErrorCode::UnknownTopic,
                 format!("{topic}: device topics are <room>/<device>/<control>"),
