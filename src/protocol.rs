@@ -504,8 +504,22 @@ fn from_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, rmp_serde::dec
 /// # Errors
 /// [`DecodeError`] telling garbage, an unknown `t` and a malformed known message apart.
 pub fn decode_client(body: &[u8]) -> Result<ClientMsg, DecodeError> {
+    decode_client_from(body, &mut None)
+}
+
+/// [`decode_client`] for a stream of frames from one client: a `pub` to the same
+/// topic as the one before (`last`, updated here) shares that topic's string instead
+/// of allocating and validating it again as UTF-8. A device publishing one control
+/// again and again, or a burst to one topic, costs no allocation for its topic.
+///
+/// # Errors
+/// As [`decode_client`].
+pub fn decode_client_from(
+    body: &[u8],
+    last: &mut Option<Arc<str>>,
+) -> Result<ClientMsg, DecodeError> {
     if leading_tag(body) == Some(b"pub") {
-        if let Some(p) = read_pub(body) {
+        if let Some(p) = read_pub(body, last) {
             return Ok(p);
         }
     }
@@ -594,7 +608,7 @@ fn utf8_str(rd: &[u8]) -> Option<(&str, &[u8])> {
 /// Reads a `pub` with MessagePack's primitives, for the common shape only: string
 /// keys, each field once, no key it does not know, values within the nesting limit
 /// and their strings valid UTF-8. Anything else is `None`, for serde to decide.
-fn read_pub(body: &[u8]) -> Option<ClientMsg> {
+fn read_pub(body: &[u8], last: &mut Option<Arc<str>>) -> Option<ClientMsg> {
     let mut rd = body;
     let n = rmp::decode::read_map_len(&mut rd).ok()?;
     let (mut t, mut topic, mut value) = (false, None, None);
@@ -604,7 +618,7 @@ fn read_pub(body: &[u8]) -> Option<ClientMsg> {
         rd = rest;
         match key {
             b"t" if !t => (t, rd) = (true, expect_str(rd, b"pub")?),
-            b"topic" if topic.is_none() => (topic, rd) = some(read_shared(rd)?),
+            b"topic" if topic.is_none() => (topic, rd) = some(read_shared(rd, last)?),
             b"value" if value.is_none() => (value, rd) = some(read_value(rd)?),
             b"retain" if retain.is_none() => (retain, rd) = some(read_bool(rd)?),
             b"id" if id.is_none() => (id, rd) = some(or_nil(rd, read_u64)?),
@@ -673,9 +687,16 @@ fn read_string(rd: &[u8]) -> Option<(String, &[u8])> {
     utf8_str(rd).map(|(s, rest)| (s.to_owned(), rest))
 }
 
-/// [`read_string`] into a shared string.
-fn read_shared(rd: &[u8]) -> Option<(Arc<str>, &[u8])> {
-    utf8_str(rd).map(|(s, rest)| (Arc::from(s), rest))
+/// [`read_string`] into a shared string: `last` itself when the bytes are its, else
+/// a new one, which becomes `last`.
+fn read_shared<'a>(rd: &'a [u8], last: &mut Option<Arc<str>>) -> Option<(Arc<str>, &'a [u8])> {
+    let (b, rest) = raw_str(rd)?;
+    if let Some(l) = last.as_ref().filter(|l| l.as_bytes() == b) {
+        return Some((l.clone(), rest));
+    }
+    let s: Arc<str> = Arc::from(std::str::from_utf8(b).ok()?);
+    *last = Some(s.clone());
+    Some((s, rest))
 }
 
 /// A field read, wrapped for the "seen" slot it fills.

@@ -116,6 +116,31 @@ proptest! {
         );
     }
 
+    /// A stream of frames decoded with the previous topic at hand: each decodes as on
+    /// its own, and a frame repeated straight after itself shares the topic's string.
+    #[test]
+    fn a_stream_of_pubs_decodes_as_each_alone(bodies in proptest::collection::vec(message("pub", PUB), 1..8)) {
+        let mut last = None;
+        let mut bodies = bodies;
+        bodies.push(bodies[bodies.len() - 1].clone());
+        let mut decoded = Vec::new();
+        for body in &bodies {
+            let streamed = decode_client_from(body, &mut last);
+            prop_assert_eq!(format!("{streamed:?}"), format!("{:?}", decode_client(body)));
+            decoded.push(streamed);
+        }
+        let n = bodies.len();
+        let last_body = &bodies[n - 1];
+        if leading_tag(last_body) == Some(b"pub") && read_pub(last_body, &mut None).is_some() {
+            match (&decoded[n - 2], &decoded[n - 1]) {
+                (Ok(ClientMsg::Pub { topic: a, .. }), Ok(ClientMsg::Pub { topic: b, .. })) => {
+                    prop_assert!(Arc::ptr_eq(a, b), "a repeated topic shares its string");
+                }
+                other => prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn update_fast_path_decodes_as_the_tagged_decoder(body in message("update", UPDATE)) {
         prop_assert_eq!(
@@ -137,7 +162,7 @@ fn the_fast_path_takes_well_formed_messages() {
     };
     let f = frame(&p);
     assert_eq!(leading_tag(&f[LEN_PREFIX..]), Some(&b"pub"[..]));
-    assert_eq!(read_pub(&f[LEN_PREFIX..]), Some(p.clone()));
+    assert_eq!(read_pub(&f[LEN_PREFIX..], &mut None), Some(p.clone()));
     assert_eq!(decode_client(&f[LEN_PREFIX..]).unwrap(), p);
     let v = Value::from("x");
     let u = frame(&UpdateRef {
@@ -191,7 +216,7 @@ fn a_string_that_is_not_utf8_decodes_as_the_tagged_decoder() {
     enc::write_str(&mut body, "value").unwrap();
     enc::write_array_len(&mut body, 2).unwrap();
     body.extend_from_slice(&[0xa1, 0xff, 0x81, 0xa1, 0xfe, 0x01]);
-    assert_eq!(read_pub(&body), None);
+    assert_eq!(read_pub(&body, &mut None), None);
     assert_eq!(
         format!("{:?}", decode_client(&body)),
         format!("{:?}", decode_client_tagged(&body))

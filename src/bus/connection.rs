@@ -27,7 +27,8 @@ use super::telemetry::{HubHandle, HubMsg, TelemetrySlot};
 use crate::auth::{AuthRefusal, Authenticator, Backoff, Grant};
 use crate::config::Config;
 use crate::protocol::{
-    decode_client, frame, BusMsg, ClientMsg, ErrorCode, SessionId, LEN_PREFIX, PROTOCOL_VERSION,
+    decode_client, decode_client_from, frame, BusMsg, ClientMsg, ErrorCode, SessionId, LEN_PREFIX,
+    PROTOCOL_VERSION,
 };
 use crate::tls::ServerTls;
 use crate::value::Value;
@@ -442,6 +443,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // frames (its codec only ever sees whole frames).
     let mut buffered = frame_decoder(max);
     let mut read_size = ReadSize::new();
+    // The topic of this client's last `pub`, shared by the next one to the same topic.
+    let mut last_topic = None;
     loop {
         tokio::select! {
             // Frames from the client: this one and every complete frame already
@@ -480,7 +483,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                             return (format!("limit: {message}"), false, false);
                         }
                     }
-                    match decode_client(&body) {
+                    match decode_client_from(&body, &mut last_topic) {
                         Ok(ClientMsg::Ping { n }) => {
                             let _ = outbox.push(frame(&BusMsg::Pong { n }));
                         }
