@@ -361,13 +361,14 @@ async fn a_clients_publishes_arrive_in_call_order_on_every_path() {
         let mut n = 0u64;
         for round in 0..60u64 {
             match round % 4 {
-                // One publish, alone on the wire.
+                // One publish with no other behind it: a round trip to the bus (its
+                // answer is the event waited for) before the next round.
                 0 => {
                     n += 1;
                     p.publish_nowait("order/n", Value::from(n), false)
                         .await
                         .unwrap();
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    within("a round trip to the bus", p.ping()).await.unwrap();
                 }
                 // A burst: one write of the driver's for many frames.
                 1 => {
