@@ -43,7 +43,7 @@ const READ_START: usize = 1024;
 /// it for that frame only): what one read takes from a busy publisher.
 const READ_MAX: usize = 64 * 1024;
 
-/// Batches in a row that use under a quarter of the read buffer before it is halved.
+/// Reads in a row that use under a quarter of the read buffer before it is halved.
 const READ_SHRINK_AFTER: u32 = 16;
 
 /// Sizes a connection's read buffer to its traffic, as nats-server does: doubled
