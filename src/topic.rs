@@ -139,6 +139,24 @@ impl Topic {
         Ok(Topic(name))
     }
 
+    /// [`Topic::from_shared`] with a memo of the last string that passed: `name`, if
+    /// it is that very string (the same allocation, which the memo keeps alive), is
+    /// not checked again; if it passes, it becomes the memo.
+    ///
+    /// # Errors
+    /// [`TopicError`] naming the rule that `name` breaks.
+    pub fn from_shared_memo(
+        name: Arc<str>,
+        memo: &mut Option<Arc<str>>,
+    ) -> Result<Topic, TopicError> {
+        if memo.as_ref().is_some_and(|m| Arc::ptr_eq(m, &name)) {
+            return Ok(Topic(name));
+        }
+        check(&name, false)?;
+        *memo = Some(name.clone());
+        Ok(Topic(name))
+    }
+
     /// The name as a string.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -350,6 +368,31 @@ mod tests {
             Topic::new(&"a".repeat(65)),
             Err(TopicError::LevelTooLong(0))
         );
+    }
+
+    #[test]
+    fn a_memo_skips_only_the_string_that_passed() {
+        let mut memo = None;
+        let good: Arc<str> = "room/dsp/level".into();
+        let bad: Arc<str> = "room//level".into();
+        assert!(Topic::from_shared_memo(good.clone(), &mut memo).is_ok());
+        assert!(memo.as_ref().is_some_and(|m| Arc::ptr_eq(m, &good)));
+        // A failing string is refused and never memoized.
+        for _ in 0..2 {
+            assert_eq!(
+                Topic::from_shared_memo(bad.clone(), &mut memo),
+                Err(TopicError::EmptyLevel(1))
+            );
+            assert!(memo.as_ref().is_some_and(|m| Arc::ptr_eq(m, &good)));
+        }
+        assert_eq!(
+            Topic::from_shared_memo(good.clone(), &mut memo).map(|t| t.shared()),
+            Ok(good.clone())
+        );
+        // Equal text in another allocation is checked (and memoized) afresh.
+        let again: Arc<str> = "room/dsp/level".into();
+        assert!(Topic::from_shared_memo(again.clone(), &mut memo).is_ok());
+        assert!(memo.as_ref().is_some_and(|m| Arc::ptr_eq(m, &again)));
     }
 
     #[test]

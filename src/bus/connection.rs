@@ -463,9 +463,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 // ends (however it ends).
                 let mut routed = Flush { core: &ctx.core, armed: false };
                 let mut batch = 0;
+                // One read's frames arrived together.
+                last_rx = Instant::now();
                 loop {
                     batch += LEN_PREFIX + body.len();
-                    last_rx = Instant::now();
                     match rate.as_mut().map_or(Rate::Ok, |r| r.frame(body.len(), last_rx)) {
                         Rate::Ok => {}
                         Rate::Pause(until) => {

@@ -148,6 +148,9 @@ pub(super) struct Session {
     /// is checked; false for most sessions (their filters lie within their rules),
     /// which then cost nothing extra per update.
     pub screen: bool,
+    /// The topic of this session's last valid `pub`. The reader hands a run of pubs
+    /// to one topic the same string, so the next one is known valid by pointer.
+    pub checked: Option<Arc<str>>,
 }
 
 /// What kind of request an answer belongs to: ids are the client's, and a raw client
@@ -624,6 +627,7 @@ impl Router {
                         devices: BTreeSet::new(),
                         grant: hello.grant,
                         screen: false,
+                        checked: None,
                     },
                 );
                 (sid, None)
@@ -979,7 +983,12 @@ impl Router {
         retain: bool,
         quality: Option<Quality>,
     ) {
-        let topic = match Topic::from_shared(raw.clone()) {
+        let mut none = None;
+        let memo = self
+            .sessions
+            .get_mut(&sid)
+            .map_or(&mut none, |s| &mut s.checked);
+        let topic = match Topic::from_shared_memo(raw.clone(), memo) {
             Ok(t) => t,
             Err(e) => return self.error(sid, id, ErrorCode::InvalidTopic, format!("{raw:?}: {e}")),
         };

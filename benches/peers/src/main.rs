@@ -3,7 +3,8 @@
 //! loopback floor (TCP echo and a byte relay). Every server runs as its own process,
 //! started and stopped here. See docs/performance.md.
 //!
-//! Usage: avbus-peers-bench [--scale F] [--runs N] [--workload W]... [--out FILE]
+//! Usage: avbus-peers-bench [--scale F] [--runs N] [--workload W]... [--system S]...
+//! [--out FILE]; systems: floor, avbus, mosquitto, nats (default: all).
 
 mod floor;
 mod mqtt;
@@ -36,7 +37,17 @@ struct Opts {
     scale: f64,
     runs: usize,
     workloads: Vec<String>,
+    systems: Vec<String>,
     out: Option<PathBuf>,
+}
+
+/// The systems `--system` may name.
+const SYSTEMS: &[&str] = &["floor", "avbus", "mosquitto", "nats"];
+
+impl Opts {
+    fn runs_system(&self, s: &str) -> bool {
+        self.systems.is_empty() || self.systems.iter().any(|x| x == s)
+    }
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -44,6 +55,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         scale: 1.0,
         runs: 1,
         workloads: Vec::new(),
+        systems: Vec::new(),
         out: None,
     };
     let mut it = args.iter();
@@ -61,6 +73,13 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                     ));
                 }
                 o.workloads.push(w);
+            }
+            "--system" => {
+                let v = val()?;
+                if !SYSTEMS.contains(&v.as_str()) {
+                    return Err(format!("unknown system {v:?}; known: {}", SYSTEMS.join(", ")));
+                }
+                o.systems.push(v);
             }
             "--out" => o.out = Some(PathBuf::from(val()?)),
             other => return Err(format!("unknown argument {other:?}")),
@@ -209,36 +228,41 @@ async fn one_run(
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
 
-    if workloads.contains(&"rtt") {
+    if workloads.contains(&"rtt") && opts.runs_system("floor") {
         let echo = OwnBus::start_with(&exe, &["echo"]).map_err(|e| e.to_string())?;
         rows.push(floor::rtt(&echo.addr, false, opts.scale).await?);
         let relay = OwnBus::start_with(&exe, &["relay"]).map_err(|e| e.to_string())?;
         rows.push(floor::rtt(&relay.addr, true, opts.scale).await?);
     }
 
-    let bus = OwnBus::start_with(&exe, &["serve-avbus"]).map_err(|e| e.to_string())?;
-    let t = AvbusTransport::new(&bus.addr);
-    rows.extend(run_system(&t, bus.pid(), workloads, opts.scale, Some(&bus.addr)).await);
-    drop(bus);
-
-    match start_mosquitto(&dir) {
-        Ok(server) => {
-            let t = mqtt::MqttTransport { port: server.port };
-            rows.extend(run_system(&t, server.child.id(), workloads, opts.scale, None).await);
-        }
-        Err(e) => notes.push(format!("mosquitto: absent ({e})")),
+    if opts.runs_system("avbus") {
+        let bus = OwnBus::start_with(&exe, &["serve-avbus"]).map_err(|e| e.to_string())?;
+        let t = AvbusTransport::new(&bus.addr);
+        rows.extend(run_system(&t, bus.pid(), workloads, opts.scale, Some(&bus.addr)).await);
     }
-    match start_nats(&dir) {
-        Ok(server) => {
-            let (t, kv_error) = nats::NatsTransport::new(server.port).await;
-            if let Some(e) = kv_error {
-                notes.push(format!(
-                    "nats: JetStream KV unavailable ({e}), snapshot n/a"
-                ));
+
+    if opts.runs_system("mosquitto") {
+        match start_mosquitto(&dir) {
+            Ok(server) => {
+                let t = mqtt::MqttTransport { port: server.port };
+                rows.extend(run_system(&t, server.child.id(), workloads, opts.scale, None).await);
             }
-            rows.extend(run_system(&t, server.child.id(), workloads, opts.scale, None).await);
+            Err(e) => notes.push(format!("mosquitto: absent ({e})")),
         }
-        Err(e) => notes.push(format!("nats-server: absent ({e})")),
+    }
+    if opts.runs_system("nats") {
+        match start_nats(&dir) {
+            Ok(server) => {
+                let (t, kv_error) = nats::NatsTransport::new(server.port).await;
+                if let Some(e) = kv_error {
+                    notes.push(format!(
+                        "nats: JetStream KV unavailable ({e}), snapshot n/a"
+                    ));
+                }
+                rows.extend(run_system(&t, server.child.id(), workloads, opts.scale, None).await);
+            }
+            Err(e) => notes.push(format!("nats-server: absent ({e})")),
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(rows)
