@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -159,6 +159,25 @@ impl Decoder for FrameDecoder {
         }
         self.codec.decode(src)
     }
+}
+
+/// The length of the whole frame at the start of `buf` (`None`: not all of it is
+/// there yet), as [`FrameDecoder`] takes frames, without taking it out of `buf`.
+///
+/// # Errors
+/// `InvalidData` for a length over `max_frame`, as the codec says it.
+fn whole_frame(buf: &[u8], max_frame: usize) -> std::io::Result<Option<usize>> {
+    let Some(head) = buf.first_chunk::<LEN_PREFIX>() else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(*head) as usize;
+    if len > max_frame {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "frame size too big",
+        ));
+    }
+    Ok((buf.len() - LEN_PREFIX >= len).then_some(len))
 }
 
 fn error_frame(code: ErrorCode, message: String) -> Bytes {
@@ -438,10 +457,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // This client's frames waiting in the router's channel (see below).
     let behind = Arc::new(AtomicUsize::new(0));
-    // Takes the frames already buffered behind the one `reader` yielded. A second
-    // decoder on the same buffer is sound: a `FrameDecoder` keeps no state between
-    // frames (its codec only ever sees whole frames).
-    let mut buffered = frame_decoder(max);
     let mut read_size = ReadSize::new();
     // The topic of this client's last `pub`, shared by the next one to the same topic.
     let mut last_topic = None;
@@ -450,7 +465,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             // Frames from the client: this one and every complete frame already
             // buffered behind it are handled before the socket is read again.
             next = reader.next(), if paused.is_none() => {
-                let mut body = match next {
+                let first = match next {
                     None => return ("closed by peer".into(), false, false),
                     Some(Err(e)) => {
                         let (code, message) = read_error(&e, max);
@@ -459,6 +474,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                     Some(Ok(body)) => body,
                 };
+                // The frames behind the first are read where they lie in the read
+                // buffer, which gives up their bytes once, after the batch.
+                let mut body: &[u8] = &first;
+                let mut taken = 0;
                 // The outboxes these frames touched are flushed once, when the batch
                 // ends (however it ends).
                 let mut routed = Flush { core: &ctx.core, armed: false };
@@ -484,7 +503,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                             return (format!("limit: {message}"), false, false);
                         }
                     }
-                    match decode_client_from(&body, &mut last_topic) {
+                    match decode_client_from(body, &mut last_topic) {
                         Ok(ClientMsg::Ping { n }) => {
                             let _ = outbox.push(frame(&BusMsg::Pong { n }));
                         }
@@ -527,8 +546,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     if paused.is_some() {
                         break;
                     }
-                    body = match buffered.decode(reader.read_buffer_mut()) {
-                        Ok(Some(b)) => b,
+                    let buffered = &reader.read_buffer()[taken..];
+                    body = match whole_frame(buffered, max) {
+                        Ok(Some(len)) => {
+                            taken += LEN_PREFIX + len;
+                            &buffered[LEN_PREFIX..LEN_PREFIX + len]
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             let (code, message) = read_error(&e, max);
@@ -537,6 +560,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         }
                     };
                 }
+                reader.read_buffer_mut().advance(taken);
                 let left = reader.read_buffer().len();
                 read_size.after_read(batch + left, reader.read_buffer_mut());
             }
@@ -751,6 +775,46 @@ async fn write_frame<W: AsyncWrite + Unpin>(wr: &mut W, buf: &mut BytesMut, f: B
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Frames taken in place are the frames the reader's decoder takes, and a
+        /// length over the limit is refused alike, whatever the bytes.
+        #[test]
+        fn frames_taken_in_place_are_the_decoders(
+            chunks in proptest::collection::vec(
+                (0u32..48, proptest::collection::vec(any::<u8>(), 0..40)),
+                0..8,
+            ),
+            cut in 0usize..400,
+        ) {
+            const MAX: usize = 32;
+            let mut stream = Vec::new();
+            for (len, bytes) in &chunks {
+                stream.extend_from_slice(&len.to_be_bytes());
+                stream.extend_from_slice(bytes);
+            }
+            stream.truncate(cut.min(stream.len()));
+            let mut decoder = frame_decoder(MAX);
+            let mut src = BytesMut::from(&stream[..]);
+            let mut at = 0;
+            loop {
+                let reference = decoder.decode(&mut src);
+                match (whole_frame(&stream[at..], MAX), reference) {
+                    (Ok(Some(len)), Ok(Some(body))) => {
+                        prop_assert_eq!(&stream[at + LEN_PREFIX..at + LEN_PREFIX + len], &body[..]);
+                        at += LEN_PREFIX + len;
+                    }
+                    (Ok(None), Ok(None)) => break,
+                    (Err(a), Err(b)) => {
+                        prop_assert_eq!(a.kind(), b.kind());
+                        break;
+                    }
+                    (mine, theirs) => prop_assert!(false, "{:?} vs {:?}", mine, theirs),
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_read_buffer_grows_with_full_reads_and_shrinks_when_idle() {
