@@ -524,17 +524,27 @@ impl Client {
         if taken {
             return Ok(());
         }
-        self.fire(ClientMsg::Pub {
+        self.send(Req::Fire(ClientMsg::Pub {
             topic: topic.into(),
             value,
             retain,
             id: None,
             quality,
-        })
+        }))
         .await
     }
 
+    /// Sends a message that has no answer: encoded by the caller into the driver's
+    /// outgoing buffer (or written straight to the socket), as publishes are, else
+    /// through the request queue.
     async fn fire(&self, msg: ClientMsg) -> Result<(), Error> {
+        if self
+            .shared
+            .out
+            .push(|b| crate::protocol::encode_client_into(b, &msg))
+        {
+            return Ok(());
+        }
         self.send(Req::Fire(msg)).await
     }
 
