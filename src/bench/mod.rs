@@ -10,7 +10,7 @@
 mod avbus;
 mod devices;
 mod journal;
-mod telemetry;
+pub mod telemetry;
 mod workloads;
 
 use std::process::{Child, Command, Stdio};
@@ -191,8 +191,8 @@ pub fn scaled(n: u64, scale: f64) -> u64 {
 }
 
 /// Runs one workload on `t`; `None` when it cannot run here (`snapshot` without
-/// retained state, `connections` without the broker's process id; `command` needs
-/// avbus devices and is run by [`run`]).
+/// retained state, `connections` without the broker's process id; the
+/// [`AVBUS_ONLY`] workloads are run by [`run_avbus`]).
 ///
 /// # Errors
 /// A transport error that stopped the workload.
@@ -245,20 +245,59 @@ pub async fn run(addr: &str, bus_pid: Option<u32>, cfg: &BenchConfig) -> Result<
         if !cfg.workloads.is_empty() && !cfg.workloads.iter().any(|x| x == w) {
             continue;
         }
-        let cpu0 = bus_pid.and_then(cpu_ms);
-        let row = match *w {
-            "command" => Some(command(addr, cfg.scale).await?),
-            "tingest" => Some(telemetry::ingest(addr, bus_pid, cfg.scale).await?),
-            "tfanout" => Some(telemetry::fanout(addr, bus_pid, cfg.scale).await?),
-            "tflood" => Some(telemetry::command_under_flood(addr, bus_pid, cfg.scale).await?),
-            other => run_workload(&t, other, cfg.scale, bus_pid).await?,
+        let Some(row) = run_avbus(&t, addr, w, cfg.scale, bus_pid).await? else {
+            continue;
         };
-        let Some(mut row) = row else { continue };
-        add_cpu(&mut row, cpu0, bus_pid.and_then(cpu_ms));
         println!("{}", row.line());
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// The workloads only avbus runs: no peer routes commands or has a rate-limited,
+/// newest-value telemetry path.
+pub const AVBUS_ONLY: &[&str] = &["command", "tingest", "tfanout", "tflood"];
+
+/// The telemetry workloads, which compute the bus's CPU per datagram themselves.
+const TELEMETRY: &[&str] = &["tingest", "tfanout", "tflood"];
+
+/// Runs one of [`WORKLOADS`] against the avbus at `addr` (`t` being an
+/// [`AvbusTransport`] to it), as `avbus bench` and `benches/peers` both do. With
+/// `bus_pid`, the row gets the bus's CPU over the workload (`broker_cpu_ms`), and
+/// per delivered message (`broker_cpu_us_per_msg`) except on the telemetry rows:
+/// those divide the bus's CPU by datagrams themselves (`bus_cpu_us_per_datagram`,
+/// `bus_cpu_pct`, ...), and `tflood`'s commands are not what its bus CPU is spent
+/// on (the flood is).
+///
+/// # Errors
+/// A client error that stopped the workload.
+pub async fn run_avbus(
+    t: &dyn Transport,
+    addr: &str,
+    workload: &str,
+    scale: f64,
+    bus_pid: Option<u32>,
+) -> Result<Option<Row>, String> {
+    let cpu0 = bus_pid.and_then(cpu_ms);
+    let row = match workload {
+        "command" => Some(command(addr, scale).await?),
+        "tingest" => Some(telemetry::ingest(addr, bus_pid, scale).await?),
+        "tfanout" => Some(telemetry::fanout(addr, bus_pid, scale).await?),
+        "tflood" => Some(telemetry::command_under_flood(addr, bus_pid, scale).await?),
+        other => run_workload(t, other, scale, bus_pid).await?,
+    };
+    let Some(mut row) = row else {
+        return Ok(None);
+    };
+    let cpu1 = bus_pid.and_then(cpu_ms);
+    if TELEMETRY.contains(&workload) {
+        if let (Some(a), Some(b)) = (cpu0, cpu1) {
+            row.figures.push(("broker_cpu_ms".into(), b - a));
+        }
+    } else {
+        add_cpu(&mut row, cpu0, cpu1);
+    }
+    Ok(Some(row))
 }
 
 /// The configuration of a bus the bench starts itself: the defaults, with each

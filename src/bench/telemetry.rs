@@ -6,7 +6,8 @@
 //!   records each) as fast as the kernel takes them; the bus's `$sys/telemetry`
 //!   counters give datagrams and values taken in per second, and the bus's CPU
 //!   time (user and system) the cost per datagram (the hub is one task, so this is
-//!   one core's worth).
+//!   one core's worth). [`blast_floor`] sends the same load to a plain UDP
+//!   receiver, the floor `benches/peers` compares the bus with.
 //! * `tfanout`: 100 panels subscribed at 30 Hz to 64 streams updated at 100 Hz:
 //!   values delivered, datagrams lost, the rate each panel saw, the bus's CPU.
 //! * `tflood`: command round trips with and without a telemetry flood, alternated
@@ -17,6 +18,7 @@
 //!   priority. The flood costs the bench little and the command client comes
 //!   first, so the difference measured is the bus's.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -109,29 +111,68 @@ async fn settle(c: &Client) {
     }
 }
 
+/// Sender sockets of `tingest` (each an adapter session's, for the bus) and of the
+/// UDP floor ([`blast_floor`]).
+const INGEST_SENDERS: usize = 4;
+/// One-channel meters per sender: 64, i.e. two `publish` datagrams of
+/// [`raw::RECORDS_PER_DATAGRAM`] records (912 bytes) each.
+const INGEST_STREAMS: usize = 64;
+
+/// How long `tingest` (and its floor) sends, and at most how many datagrams.
+fn ingest_window(scale: f64) -> (Duration, u64) {
+    (
+        Duration::from_secs_f64((5.0 * scale).clamp(1.0, 30.0)),
+        scaled(5_000_000, scale),
+    )
+}
+
+/// The `tingest` load sent to a plain UDP receiver at `target` (the floor,
+/// `floor-udp-sink` in `benches/peers`): the same datagrams (912 bytes, two from
+/// each of four sockets; token and aliases are placeholders, as the receiver
+/// parses nothing), from the same sender loop, for the same time and at most the
+/// same count as [`ingest`]. Blocks the calling thread for that time.
+/// Returns the datagrams the kernel took and the seconds it took.
+///
+/// # Errors
+/// A socket that cannot be opened or connected.
+pub fn blast_floor(target: SocketAddr, scale: f64) -> Result<(u64, f64), String> {
+    let aliases: Vec<u32> = (0..INGEST_STREAMS as u32).collect();
+    let mut sockets = Vec::new();
+    for _ in 0..INGEST_SENDERS {
+        let udp = std::net::UdpSocket::bind(SocketAddr::new(target.ip(), 0))
+            .map_err(|e| e.to_string())?;
+        udp.connect(target).map_err(|e| e.to_string())?;
+        sockets.push((udp, raw::publish_datagrams(0, &aliases)));
+    }
+    let senders: Vec<_> = sockets.iter().map(|(u, d)| (u, d.as_slice())).collect();
+    let (limit, max) = ingest_window(scale);
+    Ok(raw::blast(&senders, limit, max))
+}
+
 /// `tingest`: how much telemetry the bus takes in, and what each datagram costs it.
 ///
 /// # Errors
 /// A client error that stopped the workload.
 pub async fn ingest(addr: &str, bus_pid: Option<u32>, scale: f64) -> Result<Row, String> {
     let bus_pid = bus_pid_or_env(bus_pid);
-    const ADAPTERS: usize = 4;
-    const STREAMS: usize = 64;
     let ops = connect(addr, "bench-ops", Role::Tool).await?;
     let mut adapters = Vec::new();
-    for i in 0..ADAPTERS {
-        adapters.push(raw::raw_adapter(addr, &format!("ingest{i}-"), STREAMS).await?);
+    for i in 0..INGEST_SENDERS {
+        adapters.push(raw::raw_adapter(addr, &format!("ingest{i}-"), INGEST_STREAMS).await?);
     }
     settle(&ops).await;
     let d0 = sys_counter(&ops, "datagrams_in").await;
     let v0 = sys_counter(&ops, "values_in").await;
     let cpu0 = bus_pid.and_then(cpu_ms);
     let split0 = bus_pid.and_then(cpu_split);
-    let limit = Duration::from_secs_f64((5.0 * scale).clamp(1.0, 30.0));
-    let max = scaled(5_000_000, scale);
+    let (limit, max) = ingest_window(scale);
     // The sender is one blocking thread: the bus, not the bench, is the limit.
     let ((sent, secs), adapters) = tokio::task::spawn_blocking(move || {
-        let r = raw::blast(&adapters, limit, max);
+        let senders: Vec<_> = adapters
+            .iter()
+            .map(|a| (&a.udp, a.datagrams.as_slice()))
+            .collect();
+        let r = raw::blast(&senders, limit, max);
         (r, adapters)
     })
     .await
@@ -539,7 +580,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// `tflood`: command round trips while telemetry floods the bus, beside the same
-/// commands without the flood, alternated [`FLOOD_ROUNDS`] times in one run.
+/// commands without the flood, alternated `FLOOD_ROUNDS` (3) times in one run.
 ///
 /// # Errors
 /// A client error that stopped the workload.
@@ -658,4 +699,22 @@ pub async fn command_under_flood(
         f.push(("flood_alone_bus_cpu_pct", c.round()));
     }
     Ok(Row::new("tflood", "avbus", f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_gets_tingests_datagrams() {
+        // 64 aliases per sender: two datagrams of 32 one-channel records, 912 bytes.
+        let aliases: Vec<u32> = (0..INGEST_STREAMS as u32).collect();
+        let d = raw::publish_datagrams(0, &aliases);
+        assert_eq!(d.len(), 2);
+        assert!(
+            d.iter().all(|d| d.len() == 912),
+            "{:?}",
+            d.iter().map(Vec::len)
+        );
+    }
 }

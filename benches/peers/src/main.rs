@@ -1,7 +1,8 @@
 //! avbus against its peers, on the same workloads in the same run: Mosquitto (MQTT,
 //! QoS 0, rumqttc), nats-server (core NATS and JetStream KV, async-nats), and the
-//! loopback floor (TCP echo and a byte relay). Every server runs as its own process,
-//! started and stopped here. See docs/performance.md.
+//! loopback floor (TCP echo and a byte relay; UDP echo, and a UDP sink fed the
+//! `tingest` load). Every server runs as its own process, started and stopped here.
+//! See docs/performance.md.
 //!
 //! Usage: avbus-peers-bench [--scale F] [--runs N] [--workload W]... [--system S]...
 //! [--out FILE]; systems: floor, avbus, mosquitto, nats (default: all).
@@ -16,7 +17,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use avbus::bench::{
-    add_cpu, command, cpu_ms, fmt_num, run_workload, table, AvbusTransport, OwnBus, Row, Transport,
+    add_cpu, cpu_ms, fmt_num, run_avbus, run_workload, spawn_ready, table, AvbusTransport, OwnBus,
+    Row, Transport, AVBUS_ONLY,
 };
 
 use avbus::bench::WORKLOADS;
@@ -77,7 +79,10 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--system" => {
                 let v = val()?;
                 if !SYSTEMS.contains(&v.as_str()) {
-                    return Err(format!("unknown system {v:?}; known: {}", SYSTEMS.join(", ")));
+                    return Err(format!(
+                        "unknown system {v:?}; known: {}",
+                        SYSTEMS.join(", ")
+                    ));
                 }
                 o.systems.push(v);
             }
@@ -185,6 +190,10 @@ fn start_nats(dir: &Path) -> Result<Server, String> {
     Ok(Server { child, port })
 }
 
+/// Runs `workloads` on one system: for avbus (`addr` given) every one of them,
+/// with the bus's CPU figures as `avbus bench` adds them (`run_avbus`); for a peer,
+/// all but the avbus-only ones (`command`, `tingest`, `tfanout`, `tflood`), which
+/// are skipped without a row.
 async fn run_system(
     t: &dyn Transport,
     pid: u32,
@@ -194,25 +203,91 @@ async fn run_system(
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     for w in workloads {
-        let cpu0 = cpu_ms(pid);
-        let r = match (*w, addr) {
-            ("command", Some(addr)) => command(addr, scale).await.map(Some),
-            ("command", None) => Ok(None),
-            (other, _) => run_workload(t, other, scale, Some(pid)).await,
+        let r = match addr {
+            Some(addr) => run_avbus(t, addr, w, scale, Some(pid)).await,
+            None if AVBUS_ONLY.contains(w) => continue,
+            None => {
+                let cpu0 = cpu_ms(pid);
+                run_workload(t, w, scale, Some(pid)).await.map(|r| {
+                    r.map(|mut row| {
+                        add_cpu(&mut row, cpu0, cpu_ms(pid));
+                        row
+                    })
+                })
+            }
         };
         match r {
-            Ok(Some(mut row)) => {
-                add_cpu(&mut row, cpu0, cpu_ms(pid));
+            Ok(Some(row)) => {
                 eprintln!("{}", row.line());
                 rows.push(row);
             }
-            Ok(None) => {
-                if *w != "command" {
-                    eprintln!("BENCH workload={w} system={} n/a", t.system());
-                }
-            }
+            Ok(None) => eprintln!("BENCH workload={w} system={} n/a", t.system()),
             Err(e) => eprintln!("BENCH workload={w} system={} error={e:?}", t.system()),
         }
+    }
+    rows
+}
+
+/// A floor server started with `spawn_ready` (`avbus-peers-bench udp-echo` or
+/// `udp-sink`), killed when dropped, with the addresses of its ready line.
+struct FloorServer {
+    child: Child,
+    udp: std::net::SocketAddr,
+    tcp: Option<std::net::SocketAddr>,
+}
+
+impl FloorServer {
+    fn start(exe: &Path, cmd: &str) -> Result<FloorServer, String> {
+        let (mut child, ready) = spawn_ready(exe, &[cmd]).map_err(|e| format!("{cmd}: {e}"))?;
+        let addr = |key: &str| {
+            ready["ready"][key]
+                .as_str()
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        };
+        let (udp, tcp) = (addr("udp"), addr("tcp"));
+        let Some(udp) = udp else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{cmd}: no udp address in its ready line"));
+        };
+        Ok(FloorServer { child, udp, tcp })
+    }
+}
+
+impl Drop for FloorServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The UDP floor rows of the chosen workloads: `floor-udp-echo` (`rtt`) and
+/// `floor-udp-sink` (`tingest`), each against a server process of its own.
+async fn udp_floor(exe: &Path, workloads: &[&str], scale: f64) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut report = |w: &str, system: &str, r: Result<Row, String>| match r {
+        Ok(row) => {
+            eprintln!("{}", row.line());
+            rows.push(row);
+        }
+        Err(e) => eprintln!("BENCH workload={w} system={system} error={e:?}"),
+    };
+    if workloads.contains(&"rtt") {
+        let r = match FloorServer::start(exe, "udp-echo") {
+            Ok(echo) => floor::udp_rtt(echo.udp, scale).await,
+            Err(e) => Err(e),
+        };
+        report("rtt", "floor-udp-echo", r);
+    }
+    if workloads.contains(&"tingest") {
+        let r = match FloorServer::start(exe, "udp-sink") {
+            Ok(sink) => match sink.tcp {
+                Some(tcp) => floor::udp_ingest(sink.udp, tcp, sink.child.id(), scale).await,
+                None => Err("udp-sink: no tcp address in its ready line".into()),
+            },
+            Err(e) => Err(e),
+        };
+        report("tingest", "floor-udp-sink", r);
     }
     rows
 }
@@ -233,6 +308,9 @@ async fn one_run(
         rows.push(floor::rtt(&echo.addr, false, opts.scale).await?);
         let relay = OwnBus::start_with(&exe, &["relay"]).map_err(|e| e.to_string())?;
         rows.push(floor::rtt(&relay.addr, true, opts.scale).await?);
+    }
+    if opts.runs_system("floor") {
+        rows.extend(udp_floor(&exe, workloads, opts.scale).await);
     }
 
     if opts.runs_system("avbus") {
@@ -297,7 +375,8 @@ fn medians(runs: Vec<Vec<Row>>) -> Vec<Row> {
 
 /// Adds `<metric>_vs_<peer>` to each avbus row: how many times better avbus is
 /// (peer/avbus for latencies and times, avbus/peer for rates; above 1 = avbus
-/// better), and `p50_x_relay_floor` to `rtt`.
+/// better), `p50_x_relay_floor` to `rtt`, and `cpu_x_udp_floor` to `tingest` (the
+/// bus's CPU per datagram over the UDP sink's).
 fn ratios(rows: &mut [Row]) {
     let find = |rows: &[Row], w: &str, s: &str, k: &str| {
         rows.iter()
@@ -308,6 +387,18 @@ fn ratios(rows: &mut [Row]) {
     for (i, r) in rows.iter().enumerate() {
         if r.system != "avbus" {
             continue;
+        }
+        if r.workload == "tingest" {
+            let floor = find(rows, "tingest", "floor-udp-sink", "cpu_us_per_datagram");
+            if let (Some(mine), Some(floor)) = (r.get("bus_cpu_us_per_datagram"), floor) {
+                if floor > 0.0 {
+                    extra.push((
+                        i,
+                        "cpu_x_udp_floor".into(),
+                        (mine / floor * 100.0).round() / 100.0,
+                    ));
+                }
+            }
         }
         for (w, k, lower_better) in PRIMARY {
             if r.workload != *w {
@@ -372,6 +463,9 @@ async fn bench(args: &[String]) -> Result<(), String> {
     }
     notes.dedup();
     let mut rows = medians(runs);
+    // One table per workload, in the order they run (the floor's rows, which run
+    // first, at the top of theirs).
+    rows.sort_by_key(|r| WORKLOADS.iter().position(|w| *w == r.workload));
     ratios(&mut rows);
     let mut report = format!(
         "Machine: {}. Scale {}, {} run(s) (medians), {}.\n",
@@ -435,6 +529,21 @@ async fn serve_avbus() -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The UDP floor's servers: one blocking thread each, no runtime.
+    let udp_floor = match args.first().map(String::as_str) {
+        Some("udp-echo") => Some(floor::serve_udp_echo as fn() -> Result<(), String>),
+        Some("udp-sink") => Some(floor::serve_udp_sink as fn() -> Result<(), String>),
+        _ => None,
+    };
+    if let Some(serve) = udp_floor {
+        return match serve() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("avbus-peers-bench: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     // AVBUS_THREADS=1 runs the bus under test on a single-threaded runtime (an
     // experiment knob; the default is tokio's multi-threaded runtime, as `avbus serve`).
     let single = args.first().map(String::as_str) == Some("serve-avbus")

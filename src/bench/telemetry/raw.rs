@@ -4,7 +4,7 @@
 //!
 //! * for `tingest`, adapter sessions (hello, declare, UDP bind) and a sender
 //!   thread that sends pre-encoded `publish` datagrams as fast as the kernel takes
-//!   them;
+//!   them (the same sender and datagrams feed the UDP floor, `floor-udp-sink`);
 //! * for `tflood`, panel sessions (hello, `tsub`, UDP bind) whose datagrams are
 //!   counted, and their loss read from `dseq`, without decoding a value.
 
@@ -288,7 +288,7 @@ async fn bind(bus: SocketAddr, token: u64) -> Result<UdpSocket, String> {
 
 /// `publish` datagrams carrying one value of each alias, [`RECORDS_PER_DATAGRAM`]
 /// records each.
-fn publish_datagrams(token: u64, aliases: &[u32]) -> Vec<Vec<u8>> {
+pub(super) fn publish_datagrams(token: u64, aliases: &[u32]) -> Vec<Vec<u8>> {
     let time_us = crate::telemetry::now_us();
     aliases
         .chunks(RECORDS_PER_DATAGRAM)
@@ -316,19 +316,24 @@ fn publish_datagrams(token: u64, aliases: &[u32]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Sends every adapter's datagrams round-robin, one `send` each, from the calling
-/// thread, until `limit` or `max` datagrams. Returns the datagrams the kernel took
-/// and the seconds it took. Datagrams the bus's receive buffer had no room for are
-/// dropped by the kernel (and not counted by the bus).
-pub(super) fn blast(adapters: &[RawAdapter], limit: Duration, max: u64) -> (u64, f64) {
+/// Sends every sender's datagrams round-robin, one `send` each on its socket (each
+/// `connect`ed to its target, blocking), from the calling thread, until `limit` or
+/// `max` datagrams. Returns the datagrams the kernel took and the seconds it took.
+/// Datagrams the receiver's buffer had no room for are dropped by the kernel (and
+/// not counted by the receiver).
+pub(super) fn blast(
+    senders: &[(&std::net::UdpSocket, &[Vec<u8>])],
+    limit: Duration,
+    max: u64,
+) -> (u64, f64) {
     let t0 = Instant::now();
     let mut sent = 0u64;
     'run: while sent < max {
         // Check the clock once per 256 datagrams.
-        for _ in 0..256 / adapters.len().max(1) {
-            for a in adapters {
-                for d in &a.datagrams {
-                    if a.udp.send(d).is_ok() {
+        for _ in 0..256 / senders.len().max(1) {
+            for (udp, datagrams) in senders {
+                for d in *datagrams {
+                    if udp.send(d).is_ok() {
                         sent += 1;
                     }
                 }
