@@ -39,9 +39,7 @@ use tokio_util::task::TaskTracker;
 pub use connection::{codec, frame_decoder, FrameDecoder, Peer, ReadSize};
 use connection::{handle, ConnCtx};
 use guard::{bump, AddressSlots, GuardStats};
-pub use outbox::DirectWrite;
 use router::{Router, RouterCore, ROUTER_QUEUE};
-pub use tcp::SharedTcp;
 
 use crate::auth::{Authenticator, Backoff, Grant};
 use crate::config::Config;

@@ -23,7 +23,7 @@ use super::{
     Answer, Client, ClientOptions, ConnectionEvent, Endpoint, Error, IncomingCommand, Req,
     RoomEvent, Shared, SubEvent,
 };
-use crate::bus::{frame_decoder, DirectWrite, FrameDecoder, ReadSize, SharedTcp};
+use crate::bus::{frame_decoder, FrameDecoder, ReadSize};
 use crate::model::DeviceDescriptor;
 use crate::protocol::{
     decode_bus, encode_client_into, encode_into, BusMsg, ClientMsg, Epoch, ErrorCode, Resume, Seq,
@@ -94,8 +94,6 @@ enum Outcome {
 struct Conn {
     reader: Reader,
     writer: Writer,
-    /// The socket handles may write to themselves (plain TCP).
-    direct: Option<Arc<dyn DirectWrite>>,
     heartbeat: Duration,
     resumed: bool,
 }
@@ -209,7 +207,7 @@ impl Driver {
                         let _ = f.send(Ok(()));
                     }
                     let outcome = self.run_conn(conn).await;
-                    self.shared.out.set_connected(false, None);
+                    self.shared.out.set_connected(false);
                     self.shared.out.taken(std::mem::take(&mut self.handled));
                     let left = self.shared.out.take();
                     self.stale.extend_from_slice(&left);
@@ -300,12 +298,9 @@ impl Driver {
         };
         // Plain TCP: tokio's own halves (a short read clears readiness there: no
         // `recv` that can only say `EAGAIN` after each frame).
-        let mut direct: Option<Arc<dyn DirectWrite>> = None;
         let (rd, mut writer): (Box<dyn AsyncRead + Send + Unpin>, Writer) = match io {
             Ok(s) => {
                 let (rd, wr) = s.into_split();
-                let wr = SharedTcp(Arc::new(wr));
-                direct = Some(Arc::new(wr.clone()));
                 (Box::new(rd), Box::new(wr))
             }
             Err(io) => {
@@ -373,7 +368,6 @@ impl Driver {
                 Ok(Conn {
                     reader,
                     writer,
-                    direct,
                     heartbeat: Duration::from_millis(heartbeat_ms.max(1)),
                     resumed,
                 })
@@ -445,7 +439,7 @@ impl Driver {
 
     /// Says goodbye: the handles' frames, the driver's own, then `bye`.
     async fn goodbye(&mut self, conn: &mut Conn) {
-        self.shared.out.set_connected(false, None);
+        self.shared.out.set_connected(false);
         let out = self.shared.out.take();
         self.write(&ClientMsg::Bye { reason: None });
         let _ = conn.writer.write_all(&out).await;
@@ -473,20 +467,19 @@ impl Driver {
         let mut read_size = ReadSize::new();
         loop {
             // The handles' frames first, then the driver's own.
-            let out = self.shared.out.take_for_write(!self.wbuf.is_empty());
+            let out = self.shared.out.take();
             let written = async {
                 conn.writer.write_all(&out).await?;
                 conn.writer.write_all(&self.wbuf).await
             }
             .await;
-            self.shared.out.written();
             self.wbuf.clear();
             if let Err(e) = written {
                 return Outcome::Lost(format!("write failed: {e}"));
             }
             self.shared.out.taken(std::mem::take(&mut self.handled));
             if std::mem::take(&mut first) {
-                self.shared.out.set_connected(true, conn.direct.clone());
+                self.shared.out.set_connected(true);
             }
             tokio::select! {
                 // Frames from the handles in an empty buffer.
