@@ -535,8 +535,7 @@ impl Client {
     }
 
     /// Sends a message that has no answer: encoded by the caller into the driver's
-    /// outgoing buffer (or written straight to the socket), as publishes are, else
-    /// through the request queue.
+    /// outgoing buffer, as publishes are, else through the request queue.
     async fn fire(&self, msg: ClientMsg) -> Result<(), Error> {
         if self
             .shared
