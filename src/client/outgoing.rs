@@ -3,7 +3,8 @@
 //! A `publish_nowait` encodes its `pub` frame itself, straight into a buffer the
 //! driver writes in its next write (many frames in one `send`); the driver is woken
 //! once when the buffer goes from empty to not. No message value is built, moved
-//! through the request queue and encoded again.
+//! through the request queue and encoded again. Other messages without an answer
+//! (a command's reply, a room message) take the same path.
 //!
 //! Order on the wire is the order of the calls: the driver writes the buffer before
 //! its own, and a handle appends only while no request it handed the driver through
