@@ -47,8 +47,8 @@ const READ_MAX: usize = 64 * 1024;
 const READ_SHRINK_AFTER: u32 = 16;
 
 /// Sizes a connection's read buffer to its traffic, as nats-server does: doubled
-/// (up to [`READ_MAX`]) when a read filled it, halved (down to [`READ_START`]) after
-/// [`READ_SHRINK_AFTER`] reads in a row that used under a quarter of it. An idle panel
+/// (up to 64 KiB) when a read filled it, halved (down to 1 KiB) after 16 reads in a
+/// row that used under a quarter of it. An idle panel
 /// keeps 1 KiB; a publisher's burst is taken in 64 KiB reads, one system call for
 /// hundreds of frames instead of one per handful.
 pub struct ReadSize {

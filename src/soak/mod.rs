@@ -5,11 +5,11 @@
 //! (`avbus sim extron-sis --count N`, `avbus sim x32-osc --count C`) and the bus
 //! (`avbus serve --config <scratch>/bus.toml`, hosting one adapter per simulator), so
 //! the bus's memory and descriptors are read from `/proc/<pid>` alone. Panels (the
-//! real [`crate::client::Client`], [`panel`]) then connect, subscribe, command,
+//! real [`crate::client::Client`], `panel.rs`) then connect, subscribe, command,
 //! publish, read meters and drop at random for the run's length, while the bus is
-//! sampled ([`observe`]): RSS, open descriptors, `$sys` counters and queue depths.
-//! Switchers lose their network now and then ([`faults`]); the bus keeps its
-//! retained-state journal (`[persist]`). When the load stops, [`check`] compares
+//! sampled (`observe`): RSS, open descriptors, `$sys` counters and queue depths.
+//! Switchers lose their network now and then (`faults`); the bus keeps its
+//! retained-state journal (`[persist]`). When the load stops, `check` compares
 //! every connected panel's view with a fresh snapshot, every acknowledged retained
 //! publish with the bus and its journal, and makes every device take one more
 //! command; then every panel closes and the bus must come back to its baseline of

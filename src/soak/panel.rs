@@ -71,7 +71,7 @@ pub struct Counters {
     pub reads: AtomicU64,
     pub tsubs: AtomicU64,
     pub telemetry_values: AtomicU64,
-    /// Switcher outages injected ([`super::faults`]).
+    /// Switcher outages injected (`soak::faults`).
     pub device_faults: AtomicU64,
     /// Failed commands by error code.
     pub set_errors: Mutex<BTreeMap<String, u64>>,
@@ -150,7 +150,7 @@ pub struct Ledger {
 pub struct TopicLedger {
     pub acked: Option<(Seq, Value)>,
     pub unacked: Vec<Value>,
-    /// Unacknowledged publishes past [`MAX_UNACKED`].
+    /// Unacknowledged publishes past `MAX_UNACKED`.
     pub unacked_lost: u64,
 }
 
