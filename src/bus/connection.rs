@@ -161,13 +161,21 @@ impl Decoder for FrameDecoder {
     }
 }
 
-/// The length of the whole frame at the start of `buf` (`None`: not all of it is
-/// there yet), as [`FrameDecoder`] takes frames, without taking it out of `buf`.
+/// The body of the next whole frame in `buf` after the `taken` bytes already handled,
+/// counted into `taken`; `None` while what follows is not a whole frame. Frames are
+/// taken as [`FrameDecoder`] takes them but left where they lie: a reader handles a
+/// read's frames in place and gives up their bytes once, after the batch (the bus's
+/// readers and the client's driver both do).
 ///
 /// # Errors
 /// `InvalidData` for a length over `max_frame`, as the codec says it.
-fn whole_frame(buf: &[u8], max_frame: usize) -> std::io::Result<Option<usize>> {
-    let Some(head) = buf.first_chunk::<LEN_PREFIX>() else {
+pub fn next_frame<'a>(
+    buf: &'a [u8],
+    taken: &mut usize,
+    max_frame: usize,
+) -> std::io::Result<Option<&'a [u8]>> {
+    let rest = &buf[*taken..];
+    let Some(head) = rest.first_chunk::<LEN_PREFIX>() else {
         return Ok(None);
     };
     let len = u32::from_be_bytes(*head) as usize;
@@ -177,7 +185,11 @@ fn whole_frame(buf: &[u8], max_frame: usize) -> std::io::Result<Option<usize>> {
             "frame size too big",
         ));
     }
-    Ok((buf.len() - LEN_PREFIX >= len).then_some(len))
+    if rest.len() - LEN_PREFIX < len {
+        return Ok(None);
+    }
+    *taken += LEN_PREFIX + len;
+    Ok(Some(&rest[LEN_PREFIX..LEN_PREFIX + len]))
 }
 
 fn error_frame(code: ErrorCode, message: String) -> Bytes {
@@ -546,12 +558,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     if paused.is_some() {
                         break;
                     }
-                    let buffered = &reader.read_buffer()[taken..];
-                    body = match whole_frame(buffered, max) {
-                        Ok(Some(len)) => {
-                            taken += LEN_PREFIX + len;
-                            &buffered[LEN_PREFIX..LEN_PREFIX + len]
-                        }
+                    body = match next_frame(reader.read_buffer(), &mut taken, max) {
+                        Ok(Some(b)) => b,
                         Ok(None) => break,
                         Err(e) => {
                             let (code, message) = read_error(&e, max);
@@ -797,13 +805,13 @@ mod tests {
             stream.truncate(cut.min(stream.len()));
             let mut decoder = frame_decoder(MAX);
             let mut src = BytesMut::from(&stream[..]);
-            let mut at = 0;
+            let mut taken = 0;
             loop {
                 let reference = decoder.decode(&mut src);
-                match (whole_frame(&stream[at..], MAX), reference) {
-                    (Ok(Some(len)), Ok(Some(body))) => {
-                        prop_assert_eq!(&stream[at + LEN_PREFIX..at + LEN_PREFIX + len], &body[..]);
-                        at += LEN_PREFIX + len;
+                match (next_frame(&stream, &mut taken, MAX), reference) {
+                    (Ok(Some(mine)), Ok(Some(body))) => {
+                        prop_assert_eq!(mine, &body[..]);
+                        prop_assert_eq!(stream.len() - taken, src.len());
                     }
                     (Ok(None), Ok(None)) => break,
                     (Err(a), Err(b)) => {

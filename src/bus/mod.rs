@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use connection::{codec, frame_decoder, FrameDecoder, Peer, ReadSize};
+pub use connection::{codec, frame_decoder, next_frame, FrameDecoder, Peer, ReadSize};
 use connection::{handle, ConnCtx};
 use guard::{bump, AddressSlots, GuardStats};
 use router::{Router, RouterCore, ROUTER_QUEUE};

@@ -11,19 +11,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_util::codec::{Decoder, FramedRead};
+use tokio_util::codec::FramedRead;
 
 use super::telemetry::LinkMsg;
 use super::{
     Answer, Client, ClientOptions, ConnectionEvent, Endpoint, Error, IncomingCommand, Req,
     RoomEvent, Shared, SubEvent,
 };
-use crate::bus::{frame_decoder, FrameDecoder, ReadSize};
+use crate::bus::{frame_decoder, next_frame, FrameDecoder, ReadSize};
 use crate::model::DeviceDescriptor;
 use crate::protocol::{
     decode_bus, encode_client_into, encode_into, BusMsg, ClientMsg, Epoch, ErrorCode, Resume, Seq,
@@ -461,9 +461,9 @@ impl Driver {
         // Handles encode into the outgoing buffer only once this connection's first
         // write (the restored state, then what was parked) is out.
         let mut first = true;
-        // Takes the whole frames behind the one the reader yielded (a `FrameDecoder`
-        // keeps no state between frames), and sizes the reads to the traffic.
-        let mut buffered = frame_decoder(self.opts.max_frame + crate::protocol::BUS_ENVELOPE);
+        // The whole frames behind the one the reader yielded are taken where they lie
+        // (`next_frame`), and the reads are sized to the traffic.
+        let max = self.opts.max_frame + crate::protocol::BUS_ENVELOPE;
         let mut read_size = ReadSize::new();
         loop {
             // The handles' frames first, then the driver's own.
@@ -493,20 +493,22 @@ impl Driver {
                     Some(Ok(body)) => {
                         last_rx = Instant::now();
                         // This frame and every whole one already read behind it.
-                        let mut body = body;
-                        let mut bytes = 0;
+                        let first = body;
+                        let mut body: &[u8] = &first;
+                        let (mut bytes, mut taken) = (0, 0);
                         loop {
                             bytes += crate::protocol::LEN_PREFIX + body.len();
-                            match decode_bus(&body) {
+                            match decode_bus(body) {
                                 Ok(msg) => self.frame(msg),
                                 Err(e) => return Outcome::Lost(format!("bad frame from the bus: {e}")),
                             }
-                            body = match buffered.decode(conn.reader.read_buffer_mut()) {
+                            body = match next_frame(conn.reader.read_buffer(), &mut taken, max) {
                                 Ok(Some(b)) => b,
                                 Ok(None) => break,
                                 Err(e) => return Outcome::Lost(format!("read failed: {e}")),
                             };
                         }
+                        conn.reader.read_buffer_mut().advance(taken);
                         let left = conn.reader.read_buffer().len();
                         read_size.after_read(bytes + left, conn.reader.read_buffer_mut());
                     }
