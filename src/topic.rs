@@ -152,9 +152,9 @@ impl Topic {
         if memo.as_ref().is_some_and(|m| Arc::ptr_eq(m, &name)) {
             return Ok(Topic(name));
         }
-        check(&name, false)?;
-        *memo = Some(name.clone());
-        Ok(Topic(name))
+        let topic = Topic::from_shared(name)?;
+        *memo = Some(topic.shared());
+        Ok(topic)
     }
 
     /// The name as a string.

@@ -52,6 +52,15 @@ impl Opts {
     }
 }
 
+/// `v` if it is one of `known`, else an error naming them.
+fn one_of(what: &str, v: String, known: &[&str]) -> Result<String, String> {
+    if known.contains(&v.as_str()) {
+        Ok(v)
+    } else {
+        Err(format!("unknown {what} {v:?}; known: {}", known.join(", ")))
+    }
+}
+
 fn parse(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
         scale: 1.0,
@@ -66,26 +75,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         match a.as_str() {
             "--scale" => o.scale = val()?.parse().map_err(|e| format!("--scale: {e}"))?,
             "--runs" => o.runs = val()?.parse().map_err(|e| format!("--runs: {e}"))?,
-            "--workload" => {
-                let w = val()?;
-                if !WORKLOADS.contains(&w.as_str()) {
-                    return Err(format!(
-                        "unknown workload {w:?}; known: {}",
-                        WORKLOADS.join(", ")
-                    ));
-                }
-                o.workloads.push(w);
-            }
-            "--system" => {
-                let v = val()?;
-                if !SYSTEMS.contains(&v.as_str()) {
-                    return Err(format!(
-                        "unknown system {v:?}; known: {}",
-                        SYSTEMS.join(", ")
-                    ));
-                }
-                o.systems.push(v);
-            }
+            "--workload" => o.workloads.push(one_of("workload", val()?, WORKLOADS)?),
+            "--system" => o.systems.push(one_of("system", val()?, SYSTEMS)?),
             "--out" => o.out = Some(PathBuf::from(val()?)),
             other => return Err(format!("unknown argument {other:?}")),
         }
